@@ -1,0 +1,68 @@
+# quilt build. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+export GOTOOLCHAIN ?= local
+export GOFLAGS ?= -mod=mod
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/quilt/quilt/quiltcore/version.Version=$(VERSION)
+BUILD_TAGS := sqlite_fts5
+BIN := bin
+CACHE := $(CURDIR)/.cache
+TOOLBIN := $(CACHE)/bin
+
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.1
+PROTOC_GEN_GO := $(TOOLBIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION)
+PROTOC_GEN_GO_GRPC := $(TOOLBIN)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
+PROTO_FILES := $(wildcard proto/quilt/v1/*.proto)
+
+BINARIES := $(BIN)/quilt-qmd $(BIN)/quilt-smd $(BIN)/quiltctl
+
+.PHONY: help build test vet fmt-check proto proto-check clean
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## build quilt-qmd, quilt-smd and quiltctl into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -tags '$(BUILD_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/ ./querymaster/cmd/quilt-qmd ./sourcemanagers/cmd/quilt-smd ./clients/cmd/quiltctl
+
+vet: ## go vet every package
+	$(GO) vet -tags '$(BUILD_TAGS)' ./...
+
+fmt-check: ## fail if gofmt would change a file
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+$(PROTOC_GEN_GO):
+	@mkdir -p $(TOOLBIN)
+	GOBIN=$(TOOLBIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	mv $(TOOLBIN)/protoc-gen-go $@
+
+$(PROTOC_GEN_GO_GRPC):
+	@mkdir -p $(TOOLBIN)
+	GOBIN=$(TOOLBIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	mv $(TOOLBIN)/protoc-gen-go-grpc $@
+
+protoc-check:
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler" >&2; exit 1; }
+
+proto: protoc-check $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) ## regenerate proto/quilt/v1/*.pb.go
+	protoc -I proto \
+	  --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
+	  --go_out=proto --go_opt=paths=source_relative \
+	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+	  $(PROTO_FILES)
+
+proto-check: ## fail if the committed generated code is stale
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	protoc -I proto \
+	  --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
+	  --go_out=$$tmp --go_opt=paths=source_relative \
+	  --go-grpc_out=$$tmp --go-grpc_opt=paths=source_relative \
+	  $(PROTO_FILES) && \
+	if diff -r $$tmp/quilt/v1 proto/quilt/v1 -x '*.proto' >/dev/null; then echo "proto: generated code is current"; \
+	else diff -r $$tmp/quilt/v1 proto/quilt/v1 -x '*.proto' | head -20; echo "proto: generated code is stale; run make proto" >&2; exit 1; fi
+proto-check: protoc-check $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+
+clean: ## remove bin/
+	rm -rf $(BIN)

@@ -19,13 +19,33 @@ PROTO_FILES := $(wildcard proto/quilt/v1/*.proto)
 
 BINARIES := $(BIN)/quilt-qmd $(BIN)/quilt-smd $(BIN)/quiltctl
 
-.PHONY: help build test vet fmt-check proto proto-check clean
+.PHONY: help build test test-go deps vet fmt-check proto proto-check bench clean
+
+# Fragments per area (tools, benchmarks); each defines its own targets.
+-include mk/*.mk
 help: ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## build quilt-qmd, quilt-smd and quiltctl into bin/
 	@mkdir -p $(BIN)
 	$(GO) build -tags '$(BUILD_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN)/ ./querymaster/cmd/quilt-qmd ./sourcemanagers/cmd/quilt-smd ./clients/cmd/quiltctl
+
+deps: ## install the Debian packages tests and the demo need (apt-get, only when missing)
+	@scripts/ensure-deps.sh
+
+# The README's test command. Installs what it needs (Debian packages, Consul and
+# FerretDB built from the Go module proxy, cached under .cache/), checks the
+# generated code and formatting, vets, then runs every test with the race
+# detector. Tests needing a real server skip when it is missing, except under
+# CI=true, where they fail.
+test: deps tools proto-check fmt-check vet test-go ## everything CI runs
+
+test-go: ## go test -race on every package (no installs)
+	QUILT_CONSUL_BIN=$(CONSUL_BIN) QUILT_FERRETDB_BIN=$(FERRETDB_BIN) \
+	  $(GO) test -race -count=1 -timeout 30m -tags '$(BUILD_TAGS)' ./...
+
+bench: ## run every benchmark group (bench-store, bench-runtime, bench-qm, ...)
+	@$(MAKE) --no-print-directory $(filter bench-%,$(shell grep -ho '^bench-[a-z0-9-]*:' mk/*.mk 2>/dev/null | tr -d :))
 
 vet: ## go vet every package
 	$(GO) vet -tags '$(BUILD_TAGS)' ./...

@@ -62,7 +62,14 @@ type Config struct {
 	Log      LogConfig
 	Daemon   DaemonConfig
 
-	raw map[string]map[string]string
+	// raw backs GetValue. It sits behind a pointer because it may hold
+	// literal secrets and fmt prints unexported fields without calling
+	// their methods; a pointer below the top level prints as an address.
+	raw *rawValues
+}
+
+type rawValues struct {
+	m map[string]map[string]string
 }
 
 // RegistrarConfig is [registrar]: where daemons register and find each
@@ -239,7 +246,7 @@ func load(dir string) (*Config, Errors) {
 var sectionNames = []string{"registrar", "query_master", "mongodb", "source_managers", "testing", "patterns", "log", "daemon"}
 
 func (c *Config) fill(doc *document, errs *Errors) {
-	c.raw = map[string]map[string]string{}
+	c.raw = &rawValues{m: map[string]map[string]string{}}
 	secs := map[string]*section{}
 	seen := map[string]int{}
 	for _, rs := range doc.sections {
@@ -273,7 +280,7 @@ func (c *Config) fill(doc *document, errs *Errors) {
 			}
 			raw[k] = v
 		}
-		c.raw[rs.name] = raw
+		c.raw.m[rs.name] = raw
 	}
 	get := func(name string) *section {
 		if s, ok := secs[name]; ok {
@@ -389,7 +396,10 @@ func (c *Config) fill(doc *document, errs *Errors) {
 // "what did the operator write" (seed 003 QuiltConfig.GetValue); use the
 // typed fields for effective values.
 func (c *Config) GetValue(section, name, def string) string {
-	if v, ok := c.raw[section][name]; ok {
+	if c.raw == nil {
+		return def
+	}
+	if v, ok := c.raw.m[section][name]; ok {
 		return v
 	}
 	return def

@@ -118,11 +118,13 @@ func (s *section) raw(key string) (string, bool) {
 	return expandCfg(v, s.cfgDir), true
 }
 
+// str returns the value or def; both are $QUILT_CFG-expanded, since
+// defaults such as "$QUILT_CFG/smd.d" use it too.
 func (s *section) str(key, def string) string {
 	if v, ok := s.raw(key); ok {
 		return v
 	}
-	return def
+	return expandCfg(def, s.cfgDir)
 }
 
 func (s *section) required(key, what string) string {

@@ -9,8 +9,9 @@ const redacted = "[redacted]"
 
 // Secret holds a password or token read from the configuration. Every way of
 // printing it (fmt verbs including %#v and %x, slog, encoding/json and other
-// TextMarshaler users) yields "[redacted]"; only Reveal returns the value, so
-// a secret reaches a log only if some code explicitly asks for it.
+// TextMarshaler users) yields "[redacted]", or "" when unset; only Reveal
+// returns the value, so a secret reaches a log only if some code explicitly
+// asks for it.
 //
 // The value sits behind a pointer on purpose: fmt does not call methods on
 // unexported struct fields, and for such a field it prints a pointer as a
@@ -40,18 +41,23 @@ func (s Secret) Reveal() string {
 func (s Secret) IsSet() bool { return s.p != nil }
 
 // String implements fmt.Stringer.
-func (s Secret) String() string { return redacted }
+func (s Secret) String() string {
+	if s.p == nil {
+		return ""
+	}
+	return redacted
+}
 
 // GoString implements fmt.GoStringer.
-func (s Secret) GoString() string { return redacted }
+func (s Secret) GoString() string { return s.String() }
 
 // Format implements fmt.Formatter so that no verb (%x, %q, %d...) can reach
 // the value.
-func (s Secret) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(redacted)) }
+func (s Secret) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(s.String())) }
 
 // MarshalText implements encoding.TextMarshaler (used by encoding/json and
 // slog's JSON handler).
-func (s Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 // LogValue implements slog.LogValuer.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(redacted) }
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }

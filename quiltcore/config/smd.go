@@ -539,7 +539,7 @@ func Check(dir string) error {
 	c, errs := load(dir)
 	names, err := c.SourceManagers()
 	if err != nil {
-		_, explicit := c.raw["source_managers"]["config_dir"]
+		_, explicit := c.raw.m["source_managers"]["config_dir"]
 		var pe *Error
 		if explicit || !errors.As(err, &pe) || !isNotExist(c.Managers.ConfigDir) {
 			errs = errs.appendErr(err)

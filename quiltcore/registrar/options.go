@@ -11,6 +11,9 @@ import (
 // backend.
 var ErrInvalid = errors.New("registrar: invalid argument")
 
+// ErrClosed: the registrar was closed.
+var ErrClosed = errors.New("registrar: closed")
+
 // Defaults shared by the backends.
 const (
 	DefaultTTL             = 10 * time.Second

@@ -2,6 +2,7 @@ package registrar
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"reflect"
@@ -47,7 +48,7 @@ func WatchLoop(ctx context.Context, logger *slog.Logger, service string, fetch F
 		for ctx.Err() == nil {
 			list, next, err := fetch(ctx, index)
 			if err != nil {
-				if ctx.Err() != nil {
+				if ctx.Err() != nil || errors.Is(err, ErrClosed) {
 					return
 				}
 				if logger != nil {

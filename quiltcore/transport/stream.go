@@ -129,5 +129,5 @@ func (s *stream) SetWriteDeadline(t time.Time) error { s.wd.Set(t); return nil }
 type Addr string
 
 // Network returns "quilt".
-func (Addr) Network() string { return "quilt" }
+func (Addr) Network() string  { return "quilt" }
 func (a Addr) String() string { return string(a) }

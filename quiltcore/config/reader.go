@@ -316,8 +316,8 @@ func (s *section) httpURL(key string) string {
 
 // secret reads one secret given as exactly one of `key = literal`,
 // `key_file = path` (the file's content minus trailing newlines, path
-// relative to baseDir) or `key_env = VARNAME`. An empty literal counts
-// as unset. Messages name the file or variable, never the value. Literal
+// relative to baseDir) or `key_env = VARNAME`. Keys with empty values count
+// as absent, so the shipped files can list all three forms empty. Messages name the file or variable, never the value. Literal
 // values are not $QUILT_CFG-expanded.
 func (s *section) secret(key string, required bool) Secret {
 	fileKey, envKey := key+"_file", key+"_env"
@@ -326,12 +326,12 @@ func (s *section) secret(key string, required bool) Secret {
 	s.know(envKey)
 	var forms []string
 	for _, k := range []string{key, fileKey, envKey} {
-		if _, ok := s.vals[k]; ok {
+		if v := s.vals[k]; v != "" {
 			forms = append(forms, k)
 		}
 	}
 	if len(forms) > 1 {
-		s.fail(forms[1], "set only one of %s, %s and %s (also set: %s)", key, fileKey, envKey, strings.Join(forms, ", "))
+		s.fail(forms[1], "set only one of %s, %s and %s (found: %s)", key, fileKey, envKey, strings.Join(forms, ", "))
 		return Secret{}
 	}
 	switch {
@@ -341,17 +341,9 @@ func (s *section) secret(key string, required bool) Secret {
 		}
 		return Secret{}
 	case forms[0] == key:
-		v := s.vals[key]
-		if v == "" && required {
-			s.fail(key, "required: value is empty")
-		}
-		return NewSecret(v)
+		return NewSecret(s.vals[key])
 	case forms[0] == fileKey:
 		p, _ := s.raw(fileKey)
-		if p == "" {
-			s.fail(fileKey, "empty path")
-			return Secret{}
-		}
 		p = absPath(p, s.baseDir)
 		data, err := os.ReadFile(p)
 		if err != nil {
@@ -368,8 +360,6 @@ func (s *section) secret(key string, required bool) Secret {
 		name := s.vals[envKey]
 		v, ok := os.LookupEnv(name)
 		switch {
-		case name == "":
-			s.fail(envKey, "empty environment variable name")
 		case !ok:
 			s.fail(envKey, "environment variable %s is not set", name)
 		case v == "":

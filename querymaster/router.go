@@ -1,0 +1,406 @@
+package querymaster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
+	"github.com/quilt/quilt/quiltcore/store"
+)
+
+// Router knows which source managers are attached and carries requests
+// down their streams: actions (Act), server control, and live queries for
+// the query layer.
+type Router struct {
+	m  *Master
+	mu sync.Mutex
+	// sessions by source name; at most one stream per name.
+	sessions map[string]*session
+}
+
+func newRouter(m *Master) *Router {
+	return &Router{m: m, sessions: map[string]*session{}}
+}
+
+// attach claims s.name. A stream from the same process (same Hello
+// instance_id) replaces the old one, which a half-open connection may keep
+// alive for a while; anything else claiming the name is refused.
+func (r *Router) attach(s *session) error {
+	for {
+		r.mu.Lock()
+		old := r.sessions[s.name]
+		if old == nil {
+			r.sessions[s.name] = s
+			r.mu.Unlock()
+			return nil
+		}
+		r.mu.Unlock()
+		if s.instance == "" || old.instance != s.instance {
+			return status.Errorf(codes.AlreadyExists,
+				"source manager %s is already attached from %s since %s (instance %s); stop the other quilt-smd %s or rename one of them",
+				s.name, nodeOr(old.node), old.since.UTC().Format(time.RFC3339), nodeOr(old.instance), s.name)
+		}
+		s.log.Info("replacing the previous stream of the same source manager process")
+		old.cancel(status.Errorf(codes.Aborted, "replaced by a newer stream of source manager %s from the same process", s.name))
+		select {
+		case <-old.done:
+		case <-s.ctx.Done():
+			return context.Cause(s.ctx)
+		}
+	}
+}
+
+func nodeOr(s string) string {
+	if s == "" {
+		return "an unknown node"
+	}
+	return s
+}
+
+func (r *Router) remove(s *session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sessions[s.name] == s {
+		delete(r.sessions, s.name)
+	}
+}
+
+func (r *Router) get(name string) *session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sessions[name]
+}
+
+func (r *Router) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sessions)
+}
+
+// Attached lists the names of attached source managers, sorted.
+func (r *Router) Attached() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	names := make([]string, 0, len(r.sessions))
+	for n := range r.sessions {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func (r *Router) snapshot() []*session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// Known tells whether a source name is known at all: attached now, in the
+// store, or configured in smd.d (when the master can see it).
+func (r *Router) Known(ctx context.Context, name string) (bool, error) {
+	if r.get(name) != nil {
+		return true, nil
+	}
+	if kn := r.m.opts.KnownSources; kn != nil {
+		for _, n := range kn() {
+			if n == name {
+				return true, nil
+			}
+		}
+	}
+	_, err := r.m.opts.Store.GetSource(ctx, name)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, store.ErrNotFound):
+		return false, nil
+	default:
+		return false, status.Errorf(codes.Unavailable, "store: looking up source %s: %v", name, err)
+	}
+}
+
+// resolve finds the attached session for source (and checks its server):
+// NOT_FOUND for unknown names, UNAVAILABLE for known but detached ones.
+func (r *Router) resolve(ctx context.Context, source, server string) (*session, error) {
+	if source == "" {
+		return nil, status.Error(codes.InvalidArgument, "source is empty")
+	}
+	s := r.get(source)
+	if s == nil {
+		known, err := r.Known(ctx, source)
+		if err != nil {
+			return nil, err
+		}
+		if !known {
+			return nil, status.Errorf(codes.NotFound, "unknown source %q (attached: %v)", source, r.Attached())
+		}
+		return nil, status.Errorf(codes.Unavailable, "source %q is not attached to this query master; is quilt-smd %s running?", source, source)
+	}
+	if server != "" && !s.hasServer(server) {
+		return nil, status.Errorf(codes.NotFound, "source %q has no server %q (servers: %v)", source, server, serverNames(s))
+	}
+	return s, nil
+}
+
+func serverNames(s *session) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.order...)
+}
+
+// Act sends an action to its source manager and waits for the result, at
+// most timeout (0: Options.ActTimeout). The action gets a new ULID id. A
+// result with ok=false is returned as a result, not an error: the action
+// reached the source manager, which says why it failed.
+func (r *Router) Act(ctx context.Context, a *quiltv1.Action, timeout time.Duration) (*quiltv1.ActionResult, error) {
+	if a == nil {
+		return nil, status.Error(codes.InvalidArgument, "action is missing")
+	}
+	if a.Server == "" {
+		return nil, status.Error(codes.InvalidArgument, "action.server is empty")
+	}
+	if a.Kind == quiltv1.ActionKind_ACTION_KIND_UNSPECIFIED {
+		return nil, status.Error(codes.InvalidArgument, "action.kind is unspecified")
+	}
+	s, err := r.resolve(ctx, a.Source, a.Server)
+	if err != nil {
+		return nil, err
+	}
+	if timeout <= 0 {
+		timeout = r.m.opts.ActTimeout
+	}
+	a = proto.Clone(a).(*quiltv1.Action)
+	a.Id = ulid.Make().String()
+	ch := make(chan *quiltv1.ActionResult, 1)
+	s.mu.Lock()
+	s.acts[a.Id] = ch
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.acts, a.Id)
+		s.mu.Unlock()
+	}()
+	if err := s.send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_Action{Action: a}}); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "source %q detached before action %s was sent", a.Source, a.Id)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case res := <-ch:
+		return res, nil
+	case <-t.C:
+		return nil, status.Errorf(codes.DeadlineExceeded, "action %s: source %q did not answer within %s", a.Id, a.Source, timeout)
+	case <-s.ctx.Done():
+		return nil, status.Errorf(codes.Unavailable, "action %s: source %q detached before answering", a.Id, a.Source)
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+func (s *session) resolveAction(res *quiltv1.ActionResult) {
+	s.mu.Lock()
+	ch := s.acts[res.GetActionId()]
+	delete(s.acts, res.GetActionId())
+	s.mu.Unlock()
+	if ch == nil {
+		s.log.Debug("result for an action nobody waits for (timed out?)", "action_id", res.GetActionId())
+		return
+	}
+	ch <- res
+}
+
+// Control stores an operator's choice for one server and pushes it down the
+// stream when the source manager is attached. RECONNECT is one-shot: it
+// stays stored only until delivered.
+func (r *Router) Control(ctx context.Context, req *quiltv1.ControlServerRequest) (*quiltv1.ControlServerResponse, error) {
+	if req.Server == "" {
+		return nil, status.Error(codes.InvalidArgument, "server is empty")
+	}
+	if req.Op == quiltv1.ServerControlOp_SERVER_CONTROL_OP_UNSPECIFIED {
+		return nil, status.Error(codes.InvalidArgument, "op is unspecified (enable, disable or reconnect)")
+	}
+	s, err := r.resolve(ctx, req.Source, req.Server)
+	if err != nil && status.Code(err) != codes.Unavailable {
+		return nil, err
+	}
+	st := r.m.opts.Store
+	desired := &quiltv1.DesiredServer{Server: req.Server, Enabled: true}
+	prev, err := st.DesiredServers(ctx, req.Source)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "store: desired servers of %s: %v", req.Source, err)
+	}
+	for _, d := range prev {
+		if d.Server == req.Server {
+			desired = proto.Clone(d).(*quiltv1.DesiredServer)
+		}
+	}
+	switch req.Op {
+	case quiltv1.ServerControlOp_SERVER_CONTROL_OP_ENABLE:
+		desired.Enabled = true
+	case quiltv1.ServerControlOp_SERVER_CONTROL_OP_DISABLE:
+		desired.Enabled = false
+		desired.Reconnect = false
+	case quiltv1.ServerControlOp_SERVER_CONTROL_OP_RECONNECT:
+		desired.Reconnect = true
+	}
+	delivered := false
+	if s != nil {
+		msg := &quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_Control{Control: &quiltv1.ServerControl{
+			Server: req.Server, Op: req.Op, RequestedBy: req.RequestedBy}}}
+		delivered = s.send(msg) == nil
+	}
+	if delivered {
+		desired.Reconnect = false
+	}
+	if err := st.SetDesiredServer(ctx, req.Source, desired); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "store: desired state of %s/%s: %v", req.Source, req.Server, err)
+	}
+	r.m.log.Info("server control", "source", req.Source, "server", req.Server, "op", req.Op.String(),
+		"requested_by", req.RequestedBy, "delivered", delivered)
+	return &quiltv1.ControlServerResponse{Desired: desired, Delivered: delivered}, nil
+}
+
+// SourceReply is one message of a live query answer from one source.
+// Either Reply (a part of the source's answer; the last part has Done set)
+// or Problem (the source did not answer: reason "detached", "timeout" or
+// "error") is set.
+type SourceReply struct {
+	Source  string
+	Reply   *quiltv1.LiveReply
+	Problem *quiltv1.SourceProblem
+}
+
+// LiveQuery sends q to each named source (nil or empty: every attached
+// source) and streams back their answers. Each source ends with exactly one
+// final item: a reply with Done set, or a Problem (an unknown or detached
+// source gives reason "detached" at once, no answer by perSource gives
+// "timeout", a reply with Error set gives "error"). The channel is closed
+// once every source has ended, or when ctx ends. perSource 0 means
+// Options.SourceTimeout; q.Id is set to a new ULID and q.Deadline to the
+// per-source deadline. Receive until the channel closes.
+func (r *Router) LiveQuery(ctx context.Context, sources []string, q *quiltv1.LiveQuery, perSource time.Duration) <-chan SourceReply {
+	if len(sources) == 0 {
+		sources = r.Attached()
+	}
+	if perSource <= 0 {
+		perSource = r.m.opts.SourceTimeout
+	}
+	q = proto.Clone(q).(*quiltv1.LiveQuery)
+	q.Id = ulid.Make().String()
+	deadline := time.Now().Add(perSource)
+	q.Deadline = timestamppb.New(deadline)
+	out := make(chan SourceReply, len(sources)+16)
+	var wg sync.WaitGroup
+	for _, name := range sources {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.liveOne(ctx, name, q, perSource, deadline, out)
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+	return out
+}
+
+// liveWait is one live query waiting on one session.
+type liveWait struct {
+	ch   chan *quiltv1.LiveReply
+	done chan struct{} // closed when the waiter stopped listening
+}
+
+func (r *Router) liveOne(ctx context.Context, name string, q *quiltv1.LiveQuery, perSource time.Duration, deadline time.Time, out chan<- SourceReply) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	// Everything here is bounded by the deadline, so a consumer that stops
+	// reading cannot stall the session's reader (and so its events).
+	emit := func(sr SourceReply) bool {
+		select {
+		case out <- sr:
+			return true
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		return false
+	}
+	problem := func(reason, msg string) {
+		emit(SourceReply{Source: name, Problem: &quiltv1.SourceProblem{Source: name, Reason: reason, Error: msg}})
+	}
+	s := r.get(name)
+	if s == nil {
+		problem("detached", fmt.Sprintf("source %q is not attached", name))
+		return
+	}
+	w := &liveWait{ch: make(chan *quiltv1.LiveReply, 16), done: make(chan struct{})}
+	s.mu.Lock()
+	s.lives[q.Id] = w
+	s.mu.Unlock()
+	defer func() {
+		close(w.done)
+		s.mu.Lock()
+		delete(s.lives, q.Id)
+		s.mu.Unlock()
+	}()
+	if err := s.send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_LiveQuery{LiveQuery: q}}); err != nil {
+		problem("detached", fmt.Sprintf("source %q detached before the query was sent", name))
+		return
+	}
+	for {
+		select {
+		case rep := <-w.ch:
+			if rep.Error != "" {
+				problem("error", rep.Error)
+				return
+			}
+			if !emit(SourceReply{Source: name, Reply: rep}) || rep.Done {
+				return
+			}
+		case <-t.C:
+			// The timer fired, so emit cannot wait on it: send directly.
+			select {
+			case out <- SourceReply{Source: name, Problem: &quiltv1.SourceProblem{Source: name, Reason: "timeout",
+				Error: fmt.Sprintf("source %q did not answer within %s", name, perSource)}}:
+			case <-ctx.Done():
+			}
+			return
+		case <-s.ctx.Done():
+			problem("detached", fmt.Sprintf("source %q detached before answering", name))
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// deliverLive hands a reply part to its waiting query; it blocks at most
+// until that query stops listening (its deadline) or the stream ends.
+func (s *session) deliverLive(rep *quiltv1.LiveReply) {
+	s.mu.Lock()
+	w := s.lives[rep.GetQueryId()]
+	s.mu.Unlock()
+	if w == nil {
+		return
+	}
+	select {
+	case w.ch <- rep:
+	case <-w.done:
+	case <-s.ctx.Done():
+	}
+}

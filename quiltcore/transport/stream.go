@@ -15,6 +15,10 @@ import (
 // the connection's reader waits, which pushes back on the peer through TCP.
 const streamBufferLimit = 1 << 20
 
+// StreamLinger bounds how long a Stream's Close waits for queued output to be
+// sent (less if a write deadline comes first), like SO_LINGER on a socket.
+const StreamLinger = 5 * time.Second
+
 // Stream returns a blocking net.Conn view of c, for libraries that drive a
 // protocol themselves (XMPP, IMAP) and for STARTTLS: tls.Client(Stream(c), cfg)
 // runs TLS over the Conn. It installs its own handler on c (input already
@@ -109,6 +113,20 @@ func (s *stream) writeWait(p []byte) error {
 }
 
 func (s *stream) Close() error {
+	// net.Conn users expect Write-then-Close to deliver, as the kernel does
+	// for a socket, so the queue is flushed first, within bounds.
+	ctx, cancel := context.WithTimeout(context.Background(), StreamLinger)
+	defer cancel()
+	wd := s.wd.Wait()
+	go func() {
+		select {
+		case <-wd:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	_ = s.c.Flush(ctx)
+	cancel()
 	s.closeOnce.Do(func() { close(s.closed) })
 	s.in.CloseWithError(ErrClosed)
 	return s.c.Close()

@@ -37,7 +37,9 @@ func (e *Error) Error() string {
 	case e.Key != "":
 		fmt.Fprintf(&b, "key %q: ", e.Key)
 	}
-	b.WriteString(e.Msg)
+	// Multi-line values quoted in Msg must not break Errors' one problem
+	// per line.
+	b.WriteString(strings.ReplaceAll(e.Msg, "\n", `\n`))
 	return b.String()
 }
 

@@ -364,3 +364,26 @@ func TestConfigSourceManagerDefaults(t *testing.T) {
 		t.Errorf("%+v", sm)
 	}
 }
+
+// The line scanner and ini.v1 must agree on multi-line values, quoting and
+// the `key: value` form, or later line numbers would be wrong.
+func TestLineNumbersAfterMultilineValues(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "m.cfg", "protocol: test\r\n"+
+		"description = \"\"\"first\nsecond\nthird\"\"\"\n"+
+		"[server a]\n"+
+		"script = `x\ny`\n"+
+		"users = 'nine'\n")
+	_, err := LoadSourceManager(p)
+	wantErrors(t, err,
+		`m.cfg:6: [server a] key "script": script …x\ny: no such file or directory`,
+		`m.cfg:8: [server a] key "users": invalid integer "nine"`)
+
+	p = writeFile(t, t.TempDir(), "d.cfg", "protocol = test\ndescription = \"\"\"a\nb\"\"\"\n[server a]\n")
+	sm, err := LoadSourceManager(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sm.Description != "a\nb" || sm.Servers[0].Line != 4 {
+		t.Errorf("description %q, server line %d", sm.Description, sm.Servers[0].Line)
+	}
+}

@@ -343,7 +343,7 @@ func (r *fakeRegistrar) KVGet(ctx context.Context, key string) ([]byte, error) {
 	return nil, registrar.ErrNotFound
 }
 func (r *fakeRegistrar) KVPut(ctx context.Context, key string, value []byte) error { return nil }
-func (r *fakeRegistrar) Close() error                                             { return nil }
+func (r *fakeRegistrar) Close() error                                              { return nil }
 
 // eventually polls cond for up to 5 s.
 func eventually(t testing.TB, what string, cond func() bool) {

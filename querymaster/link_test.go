@@ -231,4 +231,3 @@ func TestLeaderLossEndsStreamsAndRefusesClients(t *testing.T) {
 	eventually(t, "leading again", e.m.IsLeader)
 	e.attach("irc2", "s")
 }
-

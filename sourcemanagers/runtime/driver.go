@@ -46,6 +46,14 @@ type StreamDriver interface {
 // Session is an I/O-free protocol session: bytes and actions in, bytes and
 // events out. It starts no goroutines, opens no sockets and reads no clock
 // (now is passed in). The runtime calls it from one goroutine at a time.
+//
+// Events: the session emits CONNECTED (User = its own account, Self set)
+// once the protocol session is usable (IRC: after 001); the runtime then
+// joins the configured channels through Do. The runtime emits DISCONNECTED
+// itself when the connection ends, so a session never needs to. A session
+// may leave Event.Id empty: the runtime then assigns SessionID:N, which is
+// stable across replays of the source manager's buffer. Source, Server,
+// Protocol and Received are always filled in by the runtime.
 type Session interface {
 	// Start is called once the connection is up (IRC: CAP LS, NICK, USER).
 	Start(now time.Time) Output
@@ -72,6 +80,9 @@ type Output struct {
 	Close error
 	// NextTick asks for a Tick call at that time (zero: no change).
 	NextTick time.Time
+	// Lag, when non-zero, is the round-trip time of the protocol's last
+	// keep-alive (IRC PING/PONG); SERVERS live queries report it.
+	Lag time.Duration
 }
 
 // Merge appends o2 to o, keeping the earlier non-zero NextTick and the first
@@ -86,6 +97,9 @@ func (o *Output) Merge(o2 Output) {
 	if !o2.NextTick.IsZero() && (o.NextTick.IsZero() || o2.NextTick.Before(o.NextTick)) {
 		o.NextTick = o2.NextTick
 	}
+	if o2.Lag != 0 {
+		o.Lag = o2.Lag
+	}
 }
 
 // ClientDriver serves protocols whose library owns the exchange.
@@ -99,11 +113,17 @@ type ClientDriver interface {
 type ClientDeps struct {
 	HTTP   *http.Client
 	Dialer transport.Dialer
+	// Clock is the runtime's clock; clients that pace themselves use it so
+	// tests control their timing.
+	Clock Clock
 }
 
 // Emitter receives what a Client observes. Emit blocks while the source
 // manager's unacknowledged-event buffer is full (back-pressure), and returns
-// an error only when the client must stop (ctx ended).
+// an error only when the client must stop (ctx ended). Emit applies the
+// events to the server's user and channel maps and may change them (ids,
+// names filled in); the client must not touch them after the call. It is
+// safe to call from several goroutines.
 type Emitter interface {
 	Emit(ctx context.Context, events []*quiltv1.Event, cursors []*quiltv1.Cursor) error
 }

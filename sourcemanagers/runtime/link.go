@@ -1,0 +1,438 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
+	"github.com/quilt/quilt/quiltcore/version"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// link is the source manager's end of SourceLink.Attach (DESIGN.md §6).
+//
+// Every event published goes into a bounded buffer of batches and stays
+// there until the query master acknowledges it (after storing it). When the
+// buffer holds BufferEvents events, publish blocks: the sessions stop
+// reading from their networks instead of dropping anything. Batches get
+// sequence numbers when sealed; a replay after re-attaching sends the same
+// batches with the same numbers, so the query master (and its store's
+// processed-id index) can drop what it already has.
+//
+// Goroutines: run (attach/reconnect loop) and, per stream, one sender and
+// one receiver. The sender is the only caller of stream.Send.
+type link struct {
+	m    *Manager
+	opts LinkOptions
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	batches []*quiltv1.EventBatch // sealed, unacknowledged, consecutive seqs
+	open    *quiltv1.EventBatch   // filling; no seq yet
+	openAt  time.Time
+	count   int    // events in batches and open
+	lastSeq uint64 // highest seq assigned
+	acked   uint64
+	space   chan struct{} // closed and replaced when events are acked
+	notify  chan struct{} // cap 1: wakes the sender
+	out     chan *quiltv1.SourceMessage
+}
+
+func newLink(m *Manager) *link {
+	return &link{
+		m:      m,
+		opts:   m.opts.Link,
+		log:    m.log.With("part", "link"),
+		space:  make(chan struct{}),
+		notify: make(chan struct{}, 1),
+	}
+}
+
+func (l *link) wake() {
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
+}
+
+// pending counts unacknowledged events.
+func (l *link) pending() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.count
+}
+
+// publish adds events to the buffer, blocking while it is full. A call
+// larger than the whole buffer waits for it to be empty, then goes in.
+func (l *link) publish(ctx context.Context, evs []*quiltv1.Event, cursors []*quiltv1.Cursor) error {
+	n := len(evs)
+	l.mu.Lock()
+	for l.count > 0 && l.count+n > l.opts.BufferEvents {
+		ch := l.space
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		l.mu.Lock()
+	}
+	wake := false
+	if l.open == nil {
+		l.open = &quiltv1.EventBatch{}
+		l.openAt = time.Now()
+		wake = true
+	}
+	l.open.Events = append(l.open.Events, evs...)
+	l.open.Cursors = append(l.open.Cursors, cursors...)
+	l.count += n
+	for len(l.open.Events) >= l.opts.BatchSize {
+		l.sealLocked()
+		wake = true
+	}
+	l.mu.Unlock()
+	if wake {
+		l.wake()
+	}
+	return nil
+}
+
+// sealLocked closes (at most BatchSize events of) the open batch with the
+// next seq. Cursors go with the batch holding the last events, so a
+// resume position is never stored ahead of its events.
+func (l *link) sealLocked() {
+	o := l.open
+	if o == nil {
+		return
+	}
+	if len(o.Events) > l.opts.BatchSize {
+		b := &quiltv1.EventBatch{Events: o.Events[:l.opts.BatchSize:l.opts.BatchSize]}
+		o.Events = o.Events[l.opts.BatchSize:]
+		l.lastSeq++
+		b.Seq = l.lastSeq
+		l.batches = append(l.batches, b)
+		return
+	}
+	l.lastSeq++
+	o.Seq = l.lastSeq
+	l.batches = append(l.batches, o)
+	l.open = nil
+}
+
+// ack drops every batch up to seq.
+func (l *link) ack(seq uint64) {
+	l.mu.Lock()
+	freed := 0
+	i := 0
+	for ; i < len(l.batches) && l.batches[i].Seq <= seq; i++ {
+		freed += len(l.batches[i].Events)
+		l.batches[i] = nil
+	}
+	l.batches = l.batches[i:]
+	if len(l.batches) == 0 {
+		l.batches = nil // let the backing array go
+	}
+	if seq > l.acked {
+		l.acked = seq
+	}
+	l.count -= freed
+	if freed > 0 {
+		close(l.space)
+		l.space = make(chan struct{})
+	}
+	l.mu.Unlock()
+}
+
+// next returns the sealed batch after seq sent, sealing the open batch if
+// its delay is up; else when the open batch becomes due (zero: none).
+func (l *link) next(sent uint64, now time.Time) (*quiltv1.EventBatch, time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.afterLocked(sent); b != nil {
+		return b, time.Time{}
+	}
+	if l.open != nil {
+		due := l.openAt.Add(l.opts.BatchDelay)
+		if now.Before(due) {
+			return nil, due
+		}
+		l.sealLocked()
+		return l.afterLocked(sent), time.Time{}
+	}
+	return nil, time.Time{}
+}
+
+func (l *link) afterLocked(sent uint64) *quiltv1.EventBatch {
+	if len(l.batches) == 0 {
+		return nil
+	}
+	first := l.batches[0].Seq
+	if sent+1 < first {
+		return l.batches[0]
+	}
+	i := sent + 1 - first
+	if i < uint64(len(l.batches)) {
+		return l.batches[i]
+	}
+	return nil
+}
+
+// status queues a ServerStatusUpdate when attached; while detached it is
+// dropped, since the next Hello carries every server's status.
+func (l *link) status(st *quiltv1.ServerStatus) {
+	l.send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Status{Status: &quiltv1.ServerStatusUpdate{Servers: []*quiltv1.ServerStatus{st}}}})
+}
+
+// send queues a non-event message on the current stream.
+func (l *link) send(msg *quiltv1.SourceMessage) {
+	l.mu.Lock()
+	ch := l.out
+	l.mu.Unlock()
+	if ch == nil {
+		l.log.Debug("not attached; message dropped", "type", fmt.Sprintf("%T", msg.Msg))
+		return
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case ch <- msg:
+	case <-t.C:
+		l.log.Warn("link send queue full; message dropped", "type", fmt.Sprintf("%T", msg.Msg))
+	}
+}
+
+// run attaches, and re-attaches with backoff after every loss, until ctx
+// ends.
+func (l *link) run(ctx context.Context) {
+	delay := l.opts.ReconnectMin
+	for ctx.Err() == nil {
+		welcomed, err := l.attach(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if welcomed {
+			delay = l.opts.ReconnectMin
+		}
+		l.log.Warn("query master link down; re-attaching", "error", err, "retry_in", delay, "unacked_events", l.pending())
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		delay = min(delay*2, l.opts.ReconnectMax)
+	}
+}
+
+// resolve finds the leader's address.
+func (l *link) resolve(ctx context.Context) (string, error) {
+	if l.m.opts.Target != "" {
+		return l.m.opts.Target, nil
+	}
+	ld, err := l.m.opts.Registrar.Leader(ctx, l.m.opts.LeaderKey)
+	if err != nil {
+		return "", fmt.Errorf("finding the query master (leader key %q): %w", l.m.opts.LeaderKey, err)
+	}
+	return ld.Address, nil
+}
+
+var errLeaderMoved = errors.New("the query master leader moved")
+
+// attach runs one stream to its end. welcomed reports whether it got as
+// far as Welcome.
+func (l *link) attach(ctx context.Context) (welcomed bool, _ error) {
+	target, err := l.resolve(ctx)
+	if err != nil {
+		return false, err
+	}
+	dopts := l.m.opts.DialOptions
+	if len(dopts) == 0 {
+		dopts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	cc, err := grpc.NewClient(target, dopts...)
+	if err != nil {
+		return false, fmt.Errorf("query master %s: %w", target, err)
+	}
+	defer cc.Close()
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stream, err := quiltv1.NewSourceLinkClient(cc).Attach(sctx)
+	if err != nil {
+		return false, fmt.Errorf("attach to %s: %w", target, err)
+	}
+	l.mu.Lock()
+	lastSeq := l.lastSeq
+	l.mu.Unlock()
+	hello := &quiltv1.Hello{
+		Name: l.m.name, Protocol: l.m.protocol, Version: version.Version, Node: l.m.opts.Node,
+		Servers: l.m.statuses(), InstanceId: l.m.opts.InstanceID, LastSeq: lastSeq,
+	}
+	if err := stream.Send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Hello{Hello: hello}}); err != nil {
+		return false, fmt.Errorf("hello to %s: %w", target, err)
+	}
+	wt := time.AfterFunc(30*time.Second, func() { cancel(errors.New("no Welcome within 30s")) })
+	first, err := stream.Recv()
+	wt.Stop()
+	if err != nil {
+		if c := context.Cause(sctx); c != nil && sctx.Err() != nil && ctx.Err() == nil {
+			err = c
+		}
+		return false, fmt.Errorf("waiting for Welcome from %s: %w", target, err)
+	}
+	w := first.GetWelcome()
+	if w == nil {
+		return false, fmt.Errorf("query master %s: first message is %T, not Welcome", target, first.Msg)
+	}
+	l.log.Info("attached to query master", "address", target, "master", w.MasterId, "replaying_events", l.pending())
+	l.m.applyWelcome(w)
+	hb := l.opts.Heartbeat
+	if w.HeartbeatSeconds > 0 {
+		hb = time.Duration(w.HeartbeatSeconds) * time.Second
+	}
+
+	out := make(chan *quiltv1.SourceMessage, 1024)
+	l.mu.Lock()
+	l.out = out
+	acked := l.acked
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.out = nil
+		l.mu.Unlock()
+	}()
+
+	errc := make(chan error, 3)
+	go func() { errc <- l.sendLoop(sctx, stream, out, acked, hb) }()
+	go func() { errc <- l.recvLoop(sctx, stream) }()
+	go func() { errc <- l.watchLeader(sctx, target, hb) }()
+	err = <-errc
+	cancel(err)
+	<-errc
+	<-errc
+	return true, err
+}
+
+// watchLeader ends the stream when the registrar names another leader.
+// (A query master losing leadership also ends its streams itself.)
+func (l *link) watchLeader(ctx context.Context, target string, every time.Duration) error {
+	if l.m.opts.Target != "" {
+		<-ctx.Done()
+		return context.Cause(ctx)
+	}
+	for {
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return context.Cause(ctx)
+		case <-t.C:
+		}
+		ld, err := l.m.opts.Registrar.Leader(ctx, l.m.opts.LeaderKey)
+		if err == nil && ld.Address != target {
+			return fmt.Errorf("%w: %s → %s", errLeaderMoved, target, ld.Address)
+		}
+	}
+}
+
+func (l *link) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[quiltv1.SourceMessage, quiltv1.MasterMessage],
+	out chan *quiltv1.SourceMessage, sent uint64, hb time.Duration) error {
+	lastSend := time.Now()
+	hbT := time.NewTicker(hb / 2)
+	defer hbT.Stop()
+	var due *time.Timer
+	defer func() {
+		if due != nil {
+			due.Stop()
+		}
+	}()
+	for {
+		select {
+		case m := <-out:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+			lastSend = time.Now()
+			continue
+		default:
+		}
+		b, at := l.next(sent, time.Now())
+		if b != nil {
+			// A fresh message each time: gRPC may keep it after Send.
+			msg := &quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Events{Events: b}}
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+			sent = b.Seq
+			lastSend = time.Now()
+			continue
+		}
+		var dueC <-chan time.Time
+		if !at.IsZero() {
+			if due == nil {
+				due = time.NewTimer(time.Until(at))
+			} else {
+				due.Reset(time.Until(at))
+			}
+			dueC = due.C
+		}
+		select {
+		case m := <-out:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+			lastSend = time.Now()
+		case <-l.notify:
+		case <-dueC:
+		case now := <-hbT.C:
+			if now.Sub(lastSend) >= hb/2 {
+				hbm := &quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Heartbeat{Heartbeat: &quiltv1.Heartbeat{Sent: timestamppb.New(now)}}}
+				if err := stream.Send(hbm); err != nil {
+					return err
+				}
+				lastSend = now
+			}
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		if due != nil && dueC != nil {
+			due.Stop()
+		}
+	}
+}
+
+func (l *link) recvLoop(ctx context.Context, stream grpc.BidiStreamingClient[quiltv1.SourceMessage, quiltv1.MasterMessage]) error {
+	for {
+		mm, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch x := mm.Msg.(type) {
+		case *quiltv1.MasterMessage_Ack:
+			l.ack(x.Ack.GetSeq())
+		case *quiltv1.MasterMessage_Action:
+			a := x.Action
+			l.m.Act(a, func(r *quiltv1.ActionResult) {
+				if r.ActionId == "" {
+					return
+				}
+				l.send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_ActionResult{ActionResult: r}})
+			})
+		case *quiltv1.MasterMessage_LiveQuery:
+			r := l.m.Query(x.LiveQuery)
+			l.send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_LiveReply{LiveReply: r}})
+		case *quiltv1.MasterMessage_Control:
+			l.m.control(x.Control)
+		case *quiltv1.MasterMessage_Heartbeat, *quiltv1.MasterMessage_Welcome:
+		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+	}
+}

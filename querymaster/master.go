@@ -371,3 +371,6 @@ func (m *Master) Status(ctx context.Context, _ *quiltv1.StatusRequest) (*quiltv1
 	}
 	return r, nil
 }
+
+// Subscribers counts open Subscribe streams (tests, status).
+func (m *Master) Subscribers() int { return m.hub.count() }

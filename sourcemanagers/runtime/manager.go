@@ -445,7 +445,6 @@ func backoff(sc *config.Server, failures int) time.Duration {
 	return time.Duration(d)
 }
 
-
 // runCtxOr is the context sessions derive from: Run's own, which shutdown
 // does not cancel before it has stopped them with errStopped.
 func (m *Manager) runCtxOr(ctx context.Context) context.Context {

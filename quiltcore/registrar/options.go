@@ -22,6 +22,8 @@ const (
 
 // TLSOptions configures TLS to a Consul agent.
 type TLSOptions struct {
+	// Enable uses https even when no file is set (system CAs).
+	Enable   bool
 	CAFile   string
 	CertFile string
 	KeyFile  string
@@ -33,7 +35,7 @@ type TLSOptions struct {
 
 // Enabled reports whether any TLS setting is present.
 func (t TLSOptions) Enabled() bool {
-	return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify
+	return t.Enable || t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "" || t.InsecureSkipVerify
 }
 
 // Options is the plain form of the [registrar] section, so this package does

@@ -7,7 +7,14 @@
 // Consul address is configured). Processes other than the query master reach
 // an embedded registrar through the query master's Registrar gRPC service
 // (registrar/remote). One contract suite (registrartest) holds them all to the
-// same behaviour.
+// same behaviour. registrar/open picks the backend from Options (the plain
+// form of the [registrar] section); it is a subpackage because the backends
+// import this one.
+//
+// Conventions: service ids are QueryMasterID(node) ("quilt-qmd-<node>") and
+// SourceManagerID(name) ("quilt-sm-<name>"); query masters contend for
+// LeaderKeyQueryMaster; keys are relative ("a/b", see CheckKey) and live
+// under KeyPrefix ("quilt/") in Consul's KV.
 package registrar
 
 import (

@@ -243,9 +243,12 @@ func (m *Master) putSource(s *session, detached time.Time) {
 func (m *Master) detach(s *session) {
 	s.cancel(io.EOF)
 	defer close(s.done)
-	m.router.remove(s)
 	s.failPending()
+	// Record the detach before freeing the name: whoever sees the source
+	// gone from the router then finds it detached in the store, and a new
+	// stream's attach record cannot be overwritten by this one.
 	m.putSource(s, time.Now())
+	m.router.remove(s)
 	s.log.Info("source manager detached", "why", context.Cause(s.ctx))
 }
 

@@ -4,13 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,99 +13,8 @@ import (
 	"github.com/quilt/quilt/quiltcore/registrar"
 	"github.com/quilt/quilt/quiltcore/registrar/consul"
 	"github.com/quilt/quilt/quiltcore/registrar/registrartest"
+	"github.com/quilt/quilt/quiltcore/testenv"
 )
-
-// consulBin finds the agent binary: $QUILT_CONSUL_BIN, else the one `make
-// consul` caches in .cache/bin. Absent: skip, or fail under CI=true.
-func consulBin(t *testing.T) string {
-	t.Helper()
-	bin := os.Getenv("QUILT_CONSUL_BIN")
-	if bin == "" {
-		dir, _ := os.Getwd()
-		for ; dir != filepath.Dir(dir); dir = filepath.Dir(dir) {
-			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-				bin = filepath.Join(dir, ".cache", "bin", "consul-1.16.3")
-				break
-			}
-		}
-	}
-	if _, err := os.Stat(bin); err != nil {
-		msg := fmt.Sprintf("no consul binary at %q (run `make consul` or set QUILT_CONSUL_BIN)", bin)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return bin
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startAgent runs a private `consul agent -dev` on loopback ports and returns
-// its HTTP address once it has a leader.
-func startAgent(t *testing.T) string {
-	t.Helper()
-	bin := consulBin(t)
-	http_, lan, wan, server := freePort(t), freePort(t), freePort(t), freePort(t)
-	var out strings.Builder
-	var outMu sync.Mutex
-	cmd := exec.Command(bin, "agent", "-dev", "-node", "quilt-test",
-		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-advertise", "127.0.0.1",
-		"-http-port", fmt.Sprint(http_), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
-		"-serf-lan-port", fmt.Sprint(lan), "-serf-wan-port", fmt.Sprint(wan), "-server-port", fmt.Sprint(server))
-	w := writerFunc(func(p []byte) (int, error) {
-		outMu.Lock()
-		defer outMu.Unlock()
-		return out.Write(p)
-	})
-	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", http_)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + addr + "/v1/status/leader")
-		if err == nil {
-			var b [128]byte
-			n, _ := resp.Body.Read(b[:])
-			resp.Body.Close()
-			if s := strings.Trim(string(b[:n]), "\" \n"); resp.StatusCode == 200 && s != "" {
-				http.DefaultTransport.(*http.Transport).CloseIdleConnections()
-				return addr
-			}
-		}
-		select {
-		case <-done:
-			outMu.Lock()
-			defer outMu.Unlock()
-			t.Fatalf("consul agent exited: %s", out.String())
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	outMu.Lock()
-	defer outMu.Unlock()
-	t.Fatalf("consul agent at %s had no leader within 20 s: %s", addr, out.String())
-	return ""
-}
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func newConsul(t *testing.T, addr string) *consul.Registrar {
 	t.Helper()
@@ -124,7 +27,7 @@ func newConsul(t *testing.T, addr string) *consul.Registrar {
 }
 
 func TestContract(t *testing.T) {
-	addr := startAgent(t)
+	addr := testenv.Consul(t)
 	registrartest.Run(t, func(t *testing.T) (registrar.Registrar, registrartest.Controls) {
 		r := newConsul(t, addr)
 		return r, registrartest.Controls{
@@ -139,7 +42,7 @@ func TestContract(t *testing.T) {
 }
 
 func TestUnreachable(t *testing.T) {
-	port := freePort(t) // closed again: nothing listens there
+	port := testenv.FreePort(t) // closed again: nothing listens there
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	const token = "s3cr3t-token-value"
 	_, err := consul.New(t.Context(), consul.Options{Address: addr, Token: token, ConnectTimeout: 300 * time.Millisecond})
@@ -164,7 +67,7 @@ func TestUnreachable(t *testing.T) {
 // stable ids, the TTL check registered passing with
 // DeregisterCriticalServiceAfter, and the optional grpc.health.v1 check.
 func TestCatalogShape(t *testing.T) {
-	addr := startAgent(t)
+	addr := testenv.Consul(t)
 	r := newConsul(t, addr)
 	ctx := t.Context()
 	id := registrar.QueryMasterID("node1")

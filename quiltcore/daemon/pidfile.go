@@ -66,6 +66,10 @@ func acquirePIDFile(path, program string) (func() error, error) {
 	return nil, fmt.Errorf("pid file %s: replaced by another process %d times while acquiring it", path, maxPIDFileAttempts)
 }
 
+// testHookOpened, when set by a test, runs between opening the pid file and
+// locking it: the window in which a competitor can replace the file.
+var testHookOpened func()
+
 type heldPIDFile struct {
 	path string
 	f    *os.File
@@ -81,6 +85,9 @@ func tryAcquire(path, program string) (held *heldPIDFile, retry bool, err error)
 		return nil, false, fmt.Errorf("pid file %s: %w", path, err)
 	}
 	defer cur.Close() // once our own file is in place the lock on this one is not needed
+	if testHookOpened != nil {
+		testHookOpened()
+	}
 	if err := flock(cur); err != nil {
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, false, &AlreadyRunningError{Program: program, PID: holderPID(path), Path: path}

@@ -12,9 +12,11 @@ import (
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/quiltcore/registrar"
+	"github.com/quilt/quilt/quiltcore/registrar/consul"
 	"github.com/quilt/quilt/quiltcore/registrar/embedded"
 	"github.com/quilt/quilt/quiltcore/registrar/open"
 	"github.com/quilt/quilt/quiltcore/registrar/remote"
+	"github.com/quilt/quilt/quiltcore/testenv"
 )
 
 func TestEmbeddedAndRemote(t *testing.T) {
@@ -78,4 +80,19 @@ func TestConsulUnreachable(t *testing.T) {
 		t.Errorf("error %q: want the address, never the token", err)
 	}
 	t.Logf("gave up after %v", time.Since(start))
+}
+
+func TestConsul(t *testing.T) {
+	addr := testenv.Consul(t)
+	r, err := open.New(t.Context(), registrar.Options{Address: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, ok := r.(*consul.Registrar); !ok {
+		t.Fatalf("address %s gave %T, want *consul.Registrar", addr, r)
+	}
+	if err := r.KVPut(t.Context(), "settings/x", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
 }

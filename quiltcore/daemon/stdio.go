@@ -48,12 +48,22 @@ func SetupStdio() error {
 }
 
 func redirectToNull(fd, flag int) error {
-	null, err := os.OpenFile(os.DevNull, flag, 0)
+	// A raw descriptor, not an *os.File: when fd itself is closed, open
+	// returns fd (the lowest free number), and an *os.File's finalizer would
+	// later close it again.
+	nfd, err := unix.Open(os.DevNull, flag|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("stdio: %w", err)
+		return fmt.Errorf("stdio: open %s: %w", os.DevNull, err)
 	}
-	defer null.Close()
-	if err := unix.Dup2(int(null.Fd()), fd); err != nil {
+	if nfd == fd {
+		// Standard descriptors are inherited by children we start.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return fmt.Errorf("stdio: fd %d: %w", fd, err)
+		}
+		return nil
+	}
+	defer unix.Close(nfd)
+	if err := unix.Dup2(nfd, fd); err != nil {
 		return fmt.Errorf("stdio: redirect fd %d to %s: %w", fd, os.DevNull, err)
 	}
 	return nil

@@ -57,7 +57,9 @@ func newEnv(t testing.TB, o querymaster.Options) *env {
 		t.Fatal(err)
 	}
 	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
+	// WaitForHandlers: Stop returns only when every handler (and so every
+	// log line of a stream's teardown) is done, before the test ends.
+	srv := grpc.NewServer(grpc.WaitForHandlers(true))
 	m.Register(srv)
 	go srv.Serve(lis)
 	conn, err := grpc.NewClient("passthrough:///bufnet",

@@ -356,12 +356,14 @@ func (s *session) storer() {
 			}
 			return
 		}
+		s.stored.Add(uint64(res.Stored))
+		// Durable now, so subscribers may see the events; publishing before
+		// the ack means an acked event is always visible to them.
+		s.m.publish(s, events, res.Duplicates)
 		ack := &quiltv1.Ack{Seq: seq, Stored: uint32(res.Stored), Duplicates: uint32(len(res.Duplicates))}
 		if s.send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_Ack{Ack: ack}}) != nil {
 			return
 		}
-		s.stored.Add(uint64(res.Stored))
-		s.m.publish(s, events, res.Duplicates)
 	}
 }
 

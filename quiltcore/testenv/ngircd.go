@@ -148,11 +148,12 @@ var runUserOnce struct {
 	err      error
 }
 
-// runUser returns the uid and gid ngircd must switch to, or empty strings
-// when the tests do not run as root (ngircd then keeps the current user).
-// ngircd refuses nothing as root, but a network daemon running as root in a
-// test is exactly what tests should not normalise. It prefers ServiceUser,
-// then nobody, and creates ServiceUser only when neither exists.
+// runUser returns the uid and gid ngircd must switch to after binding, or
+// empty strings when the tests do not run as root (ngircd then keeps the
+// current user). Started as root without ServerUID, ngircd would serve as
+// root; tests must not run network daemons that way. It prefers ServiceUser,
+// then nobody, and creates ServiceUser (useradd) only when neither exists,
+// so tests never edit /etc/passwd on ordinary machines.
 func runUser() (string, string, error) {
 	if os.Geteuid() != 0 {
 		return "", "", nil

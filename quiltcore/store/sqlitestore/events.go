@@ -1,0 +1,501 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+
+	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
+	"github.com/quilt/quilt/quiltcore/store"
+	"github.com/quilt/quilt/quiltcore/store/internal/storeutil"
+)
+
+// InsertEvents implements store.Store. The processed-id insert, the events
+// and the cursors commit in one transaction, and the (source, id) primary
+// key of processed is the atomic check: of concurrent overlapping batches,
+// exactly one gets each id's row.
+func (s *Store) InsertEvents(ctx context.Context, source string, events []*quiltv1.Event, cursors []*quiltv1.Cursor) (store.InsertResult, error) {
+	events, err := storeutil.CheckBatch(source, events)
+	if err != nil {
+		return store.InsertResult{}, err
+	}
+	// Encode outside the writer: it is the only CPU work that needs no lock.
+	data := make([][]byte, len(events))
+	for i, e := range events {
+		if data[i], err = proto.Marshal(e); err != nil {
+			return store.InsertResult{}, fmt.Errorf("sqlitestore: encode event %q of source %q: %w", e.GetId(), source, err)
+		}
+	}
+	var res store.InsertResult
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		res = store.InsertResult{}
+		return s.insertTx(ctx, tx, source, events, data, cursors, &res)
+	})
+	if err != nil {
+		return store.InsertResult{}, fmt.Errorf("sqlitestore: insert %d events from source %q: %w", len(events), source, err)
+	}
+	return res, nil
+}
+
+func (s *Store) insertTx(ctx context.Context, tx *sql.Tx, source string, events []*quiltv1.Event, data [][]byte, cursors []*quiltv1.Cursor, res *store.InsertResult) error {
+	now := time.Now().UnixNano()
+	if len(events) > 0 {
+		args := make([]any, 0, 3*len(events))
+		for _, e := range events {
+			args = append(args, source, e.GetId(), now)
+		}
+		fresh := make(map[string]bool, len(events))
+		n := len(events)
+		for off := 0; off < n; {
+			size := 1
+			for _, c := range chunkSizes {
+				if c <= n-off {
+					size = c
+					break
+				}
+			}
+			st, err := s.stmt(ctx, tx, rowsSQL("INSERT INTO processed(source, id, processed_at) VALUES ", 3, size, " ON CONFLICT DO NOTHING RETURNING id"))
+			if err != nil {
+				return err
+			}
+			rows, err := st.QueryContext(ctx, args[off*3:(off+size)*3]...)
+			if err != nil {
+				return err
+			}
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					rows.Close()
+					return err
+				}
+				fresh[id] = true
+			}
+			if err := rows.Close(); err != nil {
+				return err
+			}
+			off += size
+		}
+		evArgs := make([]any, 0, 10*len(events))
+		userArgs := make([]any, 0, 5*2*len(events))
+		nameArgs := []any(nil)
+		ftsArgs := make([]any, 0, 2*len(events))
+		for i, e := range events {
+			if !fresh[e.GetId()] {
+				res.Duplicates = append(res.Duplicates, e.GetId())
+				continue
+			}
+			// A repeated id within the batch is a duplicate of its first
+			// occurrence.
+			delete(fresh, e.GetId())
+			id := s.w.nextID
+			s.w.nextID++
+			t := storeutil.TimeNS(e)
+			ukey := storeutil.UserKey(e.GetUser())
+			evArgs = append(evArgs, id, source, e.GetId(), e.GetServer(), e.GetChannel(), int64(e.GetKind()), t, ukey, e.GetText(), data[i])
+			msg := 0
+			if storeutil.IsMessage(e.GetKind()) {
+				msg = 1
+			}
+			for _, n := range storeutil.Names(e.GetUser()) {
+				userArgs = append(userArgs, n, t, id, ukey, msg)
+				k := [2]string{n, ukey}
+				if _, ok := s.w.names[k]; !ok {
+					if len(s.w.names) >= maxNameCache {
+						s.w.names = make(map[[2]string]struct{})
+					}
+					s.w.names[k] = struct{}{}
+					nameArgs = append(nameArgs, n, ukey)
+				}
+			}
+			if s.hasFTS && e.GetText() != "" {
+				ftsArgs = append(ftsArgs, id, e.GetText())
+			}
+			res.Stored++
+		}
+		if err := s.execRows(ctx, tx, "INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data) VALUES ", 10, "", evArgs); err != nil {
+			return err
+		}
+		if err := s.execRows(ctx, tx, "INSERT INTO event_users(name, time_ns, ev, ukey, msg) VALUES ", 5, " ON CONFLICT DO NOTHING", userArgs); err != nil {
+			return err
+		}
+		if err := s.execRows(ctx, tx, "INSERT INTO user_names(name, ukey) VALUES ", 2, " ON CONFLICT DO NOTHING", nameArgs); err != nil {
+			return err
+		}
+		if err := s.execRows(ctx, tx, "INSERT INTO events_fts(rowid, text) VALUES ", 2, "", ftsArgs); err != nil {
+			return err
+		}
+	}
+	for _, c := range cursors {
+		st, err := s.stmt(ctx, tx, "INSERT INTO cursors(source, server, name, value) VALUES (?, ?, ?, ?) ON CONFLICT(source, server, name) DO UPDATE SET value = excluded.value")
+		if err != nil {
+			return err
+		}
+		if _, err := st.ExecContext(ctx, source, c.GetServer(), c.GetName(), c.GetValue()); err != nil {
+			return fmt.Errorf("cursor %s/%s: %w", c.GetServer(), c.GetName(), err)
+		}
+	}
+	return nil
+}
+
+// where builds the FROM/WHERE of an event query. tcol and idcol name the
+// (time, id) columns to order and page by: when the user filter is an exact
+// name, event_users drives the query, since its primary key is already
+// (name, time, id) ordered.
+func (s *Store) where(f *quiltv1.EventFilter) (from string, conds []string, args []any, tcol, idcol string) {
+	from, tcol, idcol = "events e", "e.time_ns", "e.id"
+	if u := f.GetUser(); u != "" {
+		if storeutil.HasWildcard(u) {
+			conds = append(conds, "e.id IN (SELECT ev FROM event_users WHERE name GLOB ?)")
+			args = append(args, sqliteGlob(u))
+		} else {
+			from, tcol, idcol = "event_users u JOIN events e ON e.id = u.ev", "u.time_ns", "u.ev"
+			conds = append(conds, "u.name = ?")
+			args = append(args, strings.ToLower(u))
+		}
+	}
+	if src := f.GetSources(); len(src) > 0 {
+		conds = append(conds, "e.source IN ("+placeholders(len(src))+")")
+		for _, x := range src {
+			args = append(args, x)
+		}
+	}
+	if v := f.GetServer(); v != "" {
+		conds = append(conds, "e.server = ?")
+		args = append(args, v)
+	}
+	if v := f.GetChannel(); v != "" {
+		conds = append(conds, "e.channel = ?")
+		args = append(args, v)
+	}
+	if k := f.GetKinds(); len(k) > 0 {
+		conds = append(conds, "e.kind IN ("+placeholders(len(k))+")")
+		for _, x := range k {
+			args = append(args, int64(x))
+		}
+	}
+	if v := f.GetText(); v != "" {
+		if s.hasFTS && utf8.RuneCountInString(v) >= 3 {
+			// Trigram MATCH is a case-insensitive substring search; the
+			// string is one quoted phrase so its characters are literal.
+			conds = append(conds, "e.id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+			args = append(args, `"`+strings.ReplaceAll(v, `"`, `""`)+`"`)
+		} else {
+			conds = append(conds, "quilt_icontains(e.text, ?)")
+			args = append(args, strings.ToLower(v))
+		}
+	}
+	if v := f.GetTextRegex(); v != "" {
+		conds = append(conds, "e.text REGEXP ?")
+		args = append(args, v)
+	}
+	if v := f.GetSince(); v != nil {
+		conds = append(conds, tcol+" >= ?")
+		args = append(args, v.AsTime().UnixNano())
+	}
+	if v := f.GetUntil(); v != nil {
+		conds = append(conds, tcol+" < ?")
+		args = append(args, v.AsTime().UnixNano())
+	}
+	return from, conds, args, tcol, idcol
+}
+
+func placeholders(n int) string { return strings.TrimSuffix(strings.Repeat("?,", n), ",") }
+
+// sqliteGlob lowercases a user glob and makes everything but * and ?
+// literal for GLOB ("[" is GLOB's only other special character).
+func sqliteGlob(p string) string {
+	return strings.ReplaceAll(strings.ToLower(p), "[", "[[]")
+}
+
+func whereSQL(conds []string) string {
+	if len(conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(conds, " AND ")
+}
+
+// QueryEvents implements store.Store with a keyset page token (time, id).
+func (s *Store) QueryEvents(ctx context.Context, q store.EventQuery) (store.EventPage, error) {
+	if err := storeutil.CheckFilter(q.Filter); err != nil {
+		return store.EventPage{}, err
+	}
+	limit := storeutil.Limit(q.Limit)
+	from, conds, args, tcol, idcol := s.where(q.Filter)
+	cmp, dir := "<", "DESC"
+	if q.OldestFirst {
+		cmp, dir = ">", "ASC"
+	}
+	if q.PageToken != "" {
+		k, err := storeutil.DecodeToken(q.PageToken)
+		if err != nil {
+			return store.EventPage{}, err
+		}
+		conds = append(conds, "("+tcol+", "+idcol+") "+cmp+" (?, ?)")
+		args = append(args, k.TimeNS, k.Seq)
+	}
+	query := "SELECT e.id, e.time_ns, e.data FROM " + from + whereSQL(conds) +
+		" ORDER BY " + tcol + " " + dir + ", " + idcol + " " + dir + " LIMIT ?"
+	args = append(args, limit+1)
+	rows, err := s.rdb.QueryContext(ctx, query, args...)
+	if err != nil {
+		return store.EventPage{}, fmt.Errorf("sqlitestore: query events: %w", err)
+	}
+	defer rows.Close()
+	var page store.EventPage
+	var last storeutil.Key
+	for rows.Next() {
+		if len(page.Events) == limit {
+			page.NextPageToken = storeutil.EncodeToken(last)
+			break
+		}
+		var data []byte
+		if err := rows.Scan(&last.Seq, &last.TimeNS, &data); err != nil {
+			return store.EventPage{}, fmt.Errorf("sqlitestore: query events: %w", err)
+		}
+		e := new(quiltv1.Event)
+		if err := proto.Unmarshal(data, e); err != nil {
+			return store.EventPage{}, fmt.Errorf("sqlitestore: decode event row %d: %w", last.Seq, err)
+		}
+		page.Events = append(page.Events, e)
+	}
+	if err := rows.Err(); err != nil {
+		return store.EventPage{}, fmt.Errorf("sqlitestore: query events: %w", err)
+	}
+	return page, nil
+}
+
+// CountEvents implements store.Store.
+func (s *Store) CountEvents(ctx context.Context, f *quiltv1.EventFilter) (int64, error) {
+	if err := storeutil.CheckFilter(f); err != nil {
+		return 0, err
+	}
+	from, conds, args, _, _ := s.where(f)
+	var n int64
+	if err := s.rdb.QueryRowContext(ctx, "SELECT count(*) FROM "+from+whereSQL(conds), args...).Scan(&n); err != nil {
+		return 0, fmt.Errorf("sqlitestore: count events: %w", err)
+	}
+	return n, nil
+}
+
+// maxLastSeenNames bounds how many (name, user) pairs one LastSeen probes.
+const maxLastSeenNames = 10000
+
+// LastSeen implements store.Store: user_names gives the matching (name,
+// user key) pairs; each pair's newest event and newest message are one
+// backwards step on event_users' primary key and its msg=1 partial index.
+func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1.LastSeenRow, error) {
+	if q.User == "" {
+		return nil, fmt.Errorf("sqlitestore: lastseen: empty user pattern")
+	}
+	var rows *sql.Rows
+	var err error
+	if storeutil.HasWildcard(q.User) {
+		rows, err = s.rdb.QueryContext(ctx, "SELECT name, ukey FROM user_names WHERE name GLOB ? LIMIT ?", sqliteGlob(q.User), maxLastSeenNames)
+	} else {
+		rows, err = s.rdb.QueryContext(ctx, "SELECT name, ukey FROM user_names WHERE name = ? LIMIT ?", strings.ToLower(q.User), maxLastSeenNames)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
+	}
+	var pairs [][2]string
+	for rows.Next() {
+		var p [2]string
+		if err := rows.Scan(&p[0], &p[1]); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
+		}
+		pairs = append(pairs, p)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
+	}
+	srcCond, srcArgs := "", []any(nil)
+	if len(q.Sources) > 0 {
+		srcCond = " AND e.source IN (" + placeholders(len(q.Sources)) + ")"
+		for _, x := range q.Sources {
+			srcArgs = append(srcArgs, x)
+		}
+	}
+	type hit struct {
+		key storeutil.Key
+		ev  *quiltv1.Event
+	}
+	newest := func(p [2]string, msgOnly bool) (hit, error) {
+		cond := ""
+		if msgOnly {
+			cond = " AND u.msg = 1"
+		}
+		args := append([]any{p[0], p[1]}, srcArgs...)
+		var h hit
+		var data []byte
+		err := s.rdb.QueryRowContext(ctx, "SELECT u.time_ns, u.ev, e.data FROM event_users u JOIN events e ON e.id = u.ev WHERE u.name = ? AND u.ukey = ?"+cond+srcCond+
+			" ORDER BY u.time_ns DESC, u.ev DESC LIMIT 1", args...).Scan(&h.key.TimeNS, &h.key.Seq, &data)
+		if err == sql.ErrNoRows {
+			return hit{}, nil
+		}
+		if err != nil {
+			return hit{}, err
+		}
+		h.ev = new(quiltv1.Event)
+		return h, proto.Unmarshal(data, h.ev)
+	}
+	later := func(a, b hit) bool {
+		if b.ev == nil {
+			return true
+		}
+		return a.key.TimeNS > b.key.TimeNS || (a.key.TimeNS == b.key.TimeNS && a.key.Seq > b.key.Seq)
+	}
+	type acc struct{ last, msg hit }
+	users := map[string]*acc{}
+	for _, p := range pairs {
+		h, err := newest(p, false)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
+		}
+		if h.ev == nil {
+			continue
+		}
+		m, err := newest(p, true)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
+		}
+		a := users[p[1]]
+		if a == nil {
+			a = &acc{}
+			users[p[1]] = a
+		}
+		if later(h, a.last) {
+			a.last = h
+		}
+		if m.ev != nil && later(m, a.msg) {
+			a.msg = m
+		}
+	}
+	out := make([]*quiltv1.LastSeenRow, 0, len(users))
+	keys := make(map[*quiltv1.LastSeenRow]storeutil.Key, len(users))
+	for _, a := range users {
+		r := storeutil.LastSeenRow(a.last.ev, a.msg.ev)
+		keys[r] = a.last.key
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := keys[out[i]], keys[out[j]]
+		return a.TimeNS > b.TimeNS || (a.TimeNS == b.TimeNS && a.Seq > b.Seq)
+	})
+	limit := storeutil.Limit(q.Limit)
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// cleanupChunk bounds one cleanup transaction so inserts interleave.
+const cleanupChunk = 2000
+
+// Cleanup implements store.Store. A zero time skips that part.
+func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.Time) (store.CleanupResult, error) {
+	var res store.CleanupResult
+	if !eventsBefore.IsZero() {
+		before := eventsBefore.UnixNano()
+		for {
+			var n int
+			err := s.write(ctx, func(tx *sql.Tx) error {
+				var err error
+				n, err = s.deleteEventsTx(ctx, tx, before)
+				return err
+			})
+			if err != nil {
+				return res, fmt.Errorf("sqlitestore: clean up events before %s: %w", eventsBefore.Format(time.RFC3339), err)
+			}
+			res.Events += int64(n)
+			if n < cleanupChunk {
+				break
+			}
+		}
+		err := s.write(ctx, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, "DELETE FROM user_names WHERE NOT EXISTS (SELECT 1 FROM event_users u WHERE u.name = user_names.name AND u.ukey = user_names.ukey)")
+			s.w.names = make(map[[2]string]struct{})
+			return err
+		})
+		if err != nil {
+			return res, fmt.Errorf("sqlitestore: clean up user names: %w", err)
+		}
+	}
+	if !processedBefore.IsZero() {
+		for {
+			var n int64
+			err := s.write(ctx, func(tx *sql.Tx) error {
+				r, err := tx.ExecContext(ctx, "DELETE FROM processed WHERE (source, id) IN (SELECT source, id FROM processed WHERE processed_at < ? LIMIT ?)", processedBefore.UnixNano(), cleanupChunk*5)
+				if err != nil {
+					return err
+				}
+				n, err = r.RowsAffected()
+				return err
+			})
+			if err != nil {
+				return res, fmt.Errorf("sqlitestore: clean up processed ids before %s: %w", processedBefore.Format(time.RFC3339), err)
+			}
+			res.Processed += n
+			if n < cleanupChunk*5 {
+				break
+			}
+		}
+	}
+	return res, nil
+}
+
+func (s *Store) deleteEventsTx(ctx context.Context, tx *sql.Tx, before int64) (int, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT id, time_ns, text, data FROM events WHERE time_ns < ? ORDER BY time_ns LIMIT ?", before, cleanupChunk)
+	if err != nil {
+		return 0, err
+	}
+	type victim struct {
+		id, t int64
+		text  string
+		names []string
+	}
+	var vs []victim
+	for rows.Next() {
+		var v victim
+		var data []byte
+		if err := rows.Scan(&v.id, &v.t, &v.text, &data); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		e := new(quiltv1.Event)
+		if err := proto.Unmarshal(data, e); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("decode event row %d: %w", v.id, err)
+		}
+		v.names = storeutil.Names(e.GetUser())
+		vs = append(vs, v)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, v := range vs {
+		for _, n := range v.names {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM event_users WHERE name = ? AND time_ns = ? AND ev = ?", n, v.t, v.id); err != nil {
+				return 0, err
+			}
+		}
+		if s.hasFTS && v.text != "" {
+			// External-content FTS5 needs the old text to remove its tokens.
+			if _, err := tx.ExecContext(ctx, "INSERT INTO events_fts(events_fts, rowid, text) VALUES('delete', ?, ?)", v.id, v.text); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM events WHERE id = ?", v.id); err != nil {
+			return 0, err
+		}
+	}
+	return len(vs), nil
+}

@@ -83,7 +83,9 @@ type Conn interface {
 
 	// Done is closed when the connection is finished: the network side is
 	// closed, the handler's Closed has returned and both goroutines have
-	// exited. Do not wait on it from inside a handler.
+	// exited. Do not wait on it from inside a handler. A connection that
+	// ends while it has no handler is not done until a handler is set (and
+	// told) or Close is called.
 	Done() <-chan struct{}
 
 	// Err returns why the connection closed (as passed to Handler.Closed)

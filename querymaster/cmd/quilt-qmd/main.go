@@ -20,6 +20,7 @@ import (
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/querymaster"
+	"github.com/quilt/quilt/querymaster/query"
 	"github.com/quilt/quilt/quiltcore/config"
 	"github.com/quilt/quilt/quiltcore/daemon"
 	"github.com/quilt/quilt/quiltcore/registrar"
@@ -136,7 +137,13 @@ func serve(ctx context.Context, d *daemon.Daemon, cfg *config.Config) error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	m.Register(srv)
+	// The query layer serves QueryMaster over the core Master (Query,
+	// history, patterns) and mounts SourceLink and health beside it.
+	qs, err := query.New(query.Options{Master: m, Store: st, PatternsDir: cfg.Patterns.Dir, Logger: log})
+	if err != nil {
+		return err
+	}
+	query.Register(srv, qs)
 	if kind == "embedded" {
 		quiltv1.RegisterRegistrarServer(srv, remote.NewServer(reg))
 	}

@@ -75,6 +75,9 @@ type cluster struct {
 	t    testing.TB
 	kind string // sqlite or memory
 	mem  *qmtest.MemStore
+	// discard is set for benchmarks of the pipeline without a database.
+	discard *qmtest.Discard
+	sms     map[string]*runtime.Manager
 	dir  string
 	net  *netSwitch
 	st   store.Store
@@ -102,6 +105,13 @@ func newCluster(t testing.TB, kind string) *cluster {
 var storeKinds = []string{"sqlite", "memory"}
 
 func (c *cluster) openStore() {
+	if c.kind == "discard" {
+		if c.discard == nil {
+			c.discard = qmtest.NewDiscard()
+		}
+		c.st = c.discard
+		return
+	}
 	if c.kind == "memory" {
 		if c.mem == nil {
 			c.mem = qmtest.NewMemStore()
@@ -174,6 +184,10 @@ func (c *cluster) startSM(cfg *config.SourceManager, link runtime.LinkOptions) f
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	if c.sms == nil {
+		c.sms = map[string]*runtime.Manager{}
+	}
+	c.sms[cfg.Name] = m
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); m.Run(ctx) }()

@@ -1,0 +1,75 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
+	"github.com/quilt/quilt/sourcemanagers/runtime"
+)
+
+// benchCluster is a cluster whose logs are dropped: at 100k+ events/s
+// logging through t.Log would be what is measured.
+func benchCluster(b *testing.B, kind string) *cluster {
+	b.Helper()
+	return newCluster(quietTB{b}, kind)
+}
+
+type quietTB struct{ *testing.B }
+
+func (q quietTB) Log(args ...any) {}
+
+// BenchmarkPipeline measures events/s from the test driver's session
+// through the runtime, the link (batches of 512), the query master and the
+// store: one op is one event, stored and acknowledged.
+func BenchmarkPipeline(b *testing.B) {
+	for _, kind := range []string{"discard", "sqlite"} {
+		b.Run(kind, func(b *testing.B) {
+			c := benchCluster(b, kind)
+			c.startSM(smConfig("bench", "net"), runtime.LinkOptions{BufferEvents: 1 << 20})
+			eventually(b, 10*time.Second, "attached", func() bool { return c.attached("bench") })
+			sm := c.sms["bench"]
+			eventually(b, 10*time.Second, "idle", func() bool { return sm.Pending() == 0 })
+			b.ResetTimer()
+			c.emit("bench", "net", b.N)
+			for sm.Pending() > 0 {
+				time.Sleep(time.Millisecond)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkActRoundTrip measures Act → query master → source manager →
+// test driver → ActionResult, sequential and with 16 concurrent callers.
+func BenchmarkActRoundTrip(b *testing.B) {
+	for _, par := range []int{1, 16} {
+		b.Run(fmt.Sprintf("callers=%d", par), func(b *testing.B) {
+			c := benchCluster(b, "discard")
+			c.startSM(smConfig("bench", "net"), runtime.LinkOptions{})
+			eventually(b, 10*time.Second, "attached", func() bool { return c.attached("bench") })
+			c.emit("bench", "net", 1) // the session is up
+			req := &quiltv1.ActRequest{Action: &quiltv1.Action{Source: "bench", Server: "net",
+				Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: "#c", Text: "ping"}}
+			b.SetParallelism(par)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					res, err := c.qm.Act(context.Background(), req)
+					if err != nil || !res.Ok {
+						b.Errorf("act: %v %v", res, err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "acts/s")
+		})
+	}
+}
+
+var _ = slog.New(slog.NewTextHandler(io.Discard, nil))

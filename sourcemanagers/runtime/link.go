@@ -92,7 +92,7 @@ func (l *link) publish(ctx context.Context, evs []*quiltv1.Event, cursors []*qui
 	l.open.Events = append(l.open.Events, evs...)
 	l.open.Cursors = append(l.open.Cursors, cursors...)
 	l.count += n
-	for len(l.open.Events) >= l.opts.BatchSize {
+	for l.open != nil && len(l.open.Events) >= l.opts.BatchSize {
 		l.sealLocked()
 		wake = true
 	}

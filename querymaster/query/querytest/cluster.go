@@ -173,7 +173,7 @@ func (c *Cluster) startMaster(lis net.Listener) {
 	}
 	m, err := querymaster.New(querymaster.Options{
 		Store: c.Store, Registrar: reg, RegistrarKind: "embedded", Node: "test",
-		Advertise: c.Addr, SourceTimeout: c.opts.SourceTimeout, Logger: c.opts.Logger,
+		Advertise: c.Addr, LeaderKey: c.leaderKey(), SourceTimeout: c.opts.SourceTimeout, Logger: c.opts.Logger,
 		KnownSources: func() []string { return c.SourceNames() },
 	})
 	if err != nil {
@@ -408,4 +408,14 @@ func (c *Cluster) Stop() {
 		c.StopSource(n)
 	}
 	c.StopMaster()
+}
+
+// leaderKey is the [query_master] leader_key of the cluster's quilt.cfg, so
+// clients that read it find this master.
+func (c *Cluster) leaderKey() string {
+	cfg, err := config.Load(c.Dir)
+	if err != nil {
+		c.t.Fatalf("querytest: %v", err)
+	}
+	return cfg.QueryMaster.LeaderKey
 }

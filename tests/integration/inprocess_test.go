@@ -78,13 +78,13 @@ type cluster struct {
 	// discard is set for benchmarks of the pipeline without a database.
 	discard *qmtest.Discard
 	sms     map[string]*runtime.Manager
-	dir  string
-	net  *netSwitch
-	st   store.Store
-	m    *querymaster.Master
-	srv  *grpc.Server
-	opts querymaster.Options
-	qm   quiltv1.QueryMasterClient
+	dir     string
+	net     *netSwitch
+	st      store.Store
+	m       *querymaster.Master
+	srv     *grpc.Server
+	opts    querymaster.Options
+	qm      quiltv1.QueryMasterClient
 }
 
 func newCluster(t testing.TB, kind string) *cluster {

@@ -275,11 +275,8 @@ func TestContractBackpressure(t *testing.T) {
 		}
 		waited := make(chan error, 1)
 		go func() { waited <- c.WriteWait(context.Background(), line(n)) }()
-		select {
-		case err := <-waited:
-			t.Fatalf("WriteWait returned %v while the queue was full", err)
-		default:
-		}
+		// Whether WriteWait really waits is timing-dependent on a socket;
+		// TestWriteQueueAccounting checks it deterministically.
 		for i := 0; i <= n; i++ {
 			got, err := peer.ReadLine(10 * time.Second)
 			if err != nil {

@@ -1,0 +1,12 @@
+package main
+
+import (
+	"github.com/quilt/quilt/sourcemanagers/runtime"
+	"github.com/quilt/quilt/sourcemanagers/testdriver"
+)
+
+// drivers are the protocols this binary serves. Adding one is one line
+// here (and its import).
+var drivers = []runtime.Driver{
+	testdriver.Driver{},
+}

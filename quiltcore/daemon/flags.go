@@ -66,8 +66,11 @@ type EnvVar struct {
 // program's own flags may be added to fs before or after.
 func NewFlags(fs *flag.FlagSet, u Usage) *Flags {
 	f := &Flags{fs: fs}
-	fs.StringVar(&f.ConfigDir, "config", ConfigDir(),
-		"configuration `DIR` holding quilt.cfg and smd.d/ (default from $"+ConfigDirEnv+", else "+DefaultConfigDir+")")
+	// No flag default: the usage line would print the value of
+	// $QUILT_CFG_DIR at the time -help ran as if it were fixed. Parse fills
+	// it in.
+	fs.StringVar(&f.ConfigDir, "config", "",
+		"configuration `DIR` holding quilt.cfg and smd.d/ (default $"+ConfigDirEnv+", else "+DefaultConfigDir+")")
 	fs.Func("log-level", "log `LEVEL`: debug, info, warn or error (overrides [log] level; default info)", func(s string) error {
 		if _, err := ParseLevel(s); err != nil {
 			return err
@@ -91,7 +94,8 @@ func NewFlags(fs *flag.FlagSet, u Usage) *Flags {
 	return f
 }
 
-// Parse parses args with the flag set given to NewFlags. -help gives
+// Parse parses args with the flag set given to NewFlags, and sets ConfigDir
+// to ConfigDir() when -config was not given. -help gives
 // flag.ErrHelp (Exit maps it to 0); any other mistake is wrapped with
 // ErrUsage (exit code 2). The flag package has already printed the problem
 // and the usage to the flag set's output.
@@ -101,6 +105,9 @@ func (f *Flags) Parse(args []string) error {
 			return err
 		}
 		return UsageError(err)
+	}
+	if f.ConfigDir == "" {
+		f.ConfigDir = ConfigDir()
 	}
 	return nil
 }

@@ -61,8 +61,12 @@ type Daemon struct {
 	log          *slog.Logger
 	notifySocket string
 
-	readyOnce sync.Once
-	readyC    chan struct{}
+	// stateMu orders what systemd hears: READY=1 before any RELOADING=1,
+	// and nothing after STOPPING=1.
+	stateMu  sync.Mutex
+	ready    bool
+	stopping bool
+	readyC   chan struct{}
 
 	mu      sync.Mutex
 	reloads []func(context.Context) error
@@ -80,22 +84,39 @@ func (d *Daemon) Logger() *slog.Logger { return d.log }
 // systemd and closes ReadyC. Call it once listeners are open and the daemon
 // can do its job; later calls do nothing.
 func (d *Daemon) Ready() {
-	d.readyOnce.Do(func() {
-		d.log.Info("ready")
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	if d.ready {
+		return
+	}
+	d.ready = true
+	d.log.Info("ready")
+	if !d.stopping {
 		d.notify("READY=1")
-		close(d.readyC)
-	})
+	}
+	close(d.readyC)
 }
 
 // ReadyC is closed by Ready.
 func (d *Daemon) ReadyC() <-chan struct{} { return d.readyC }
 
-func (d *Daemon) isReady() bool {
-	select {
-	case <-d.readyC:
-		return true
-	default:
-		return false
+// setState sends state to systemd unless shutdown has been announced, and
+// reports whether the daemon had declared itself ready.
+func (d *Daemon) setState(state string, onlyIfReady bool) bool {
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	if !d.stopping && (d.ready || !onlyIfReady) {
+		d.notify(state)
+	}
+	return d.ready
+}
+
+func (d *Daemon) stop() {
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	if !d.stopping {
+		d.stopping = true
+		d.notify("STOPPING=1")
 	}
 }
 
@@ -118,11 +139,8 @@ func (d *Daemon) notify(state string) {
 
 func (d *Daemon) reload(ctx context.Context) {
 	start := time.Now()
-	ready := d.isReady()
 	d.log.Info("reloading")
-	if ready {
-		d.notify(reloadingState())
-	}
+	wasReady := d.setState(reloadingState(), true)
 	failed := 0
 	if d.logFile != nil {
 		if err := d.logFile.Reopen(); err != nil {
@@ -139,10 +157,10 @@ func (d *Daemon) reload(ctx context.Context) {
 			d.log.Error("reload hook failed", "hook", i, KeyError, err)
 		}
 	}
-	if ready {
-		d.notify("READY=1")
-	}
 	d.log.Info("reloaded", "hooks", len(hooks), "failed", failed, "duration", time.Since(start))
+	if wasReady {
+		d.setState("READY=1", true)
+	}
 }
 
 // callHook turns a panicking reload hook into an error: SIGHUP must never
@@ -259,7 +277,7 @@ func Run(ctx context.Context, o Options, run func(ctx context.Context, d *Daemon
 		shuttingDown = true
 		parentDone = nil
 		log.Info("shutting down", "reason", reason, "timeout", o.ShutdownTimeout)
-		d.notify("STOPPING=1")
+		d.stop()
 		cancel()
 		t := time.NewTimer(o.ShutdownTimeout)
 		deadline = t.C
@@ -278,9 +296,7 @@ func Run(ctx context.Context, o Options, run func(ctx context.Context, d *Daemon
 				}
 				log.Error("exiting on error", KeyError, err, "code", code)
 			}
-			if !shuttingDown {
-				d.notify("STOPPING=1")
-			}
+			d.stop()
 			cancel()
 			stopReloading()
 			waitReloads(log, reloadsDone, o.ShutdownTimeout)

@@ -795,6 +795,9 @@ func testCleanup(t *testing.T, s store.Store) {
 	if r := insert(t, s, "src", evs[0]); r.Stored != 0 {
 		t.Errorf("replay of a cleaned-up event stored %d before processed clean-up, want 0", r.Stored)
 	}
+	if n, _ := s.CountEvents(ctx(t), nil); n != 20 {
+		t.Errorf("replay of a cleaned-up event reported duplicate but %d events are stored, want 20", n)
+	}
 	// Processed ids older than now+1h: all of them.
 	r, err = s.Cleanup(ctx(t), time.Time{}, time.Now().Add(time.Hour))
 	if err != nil {

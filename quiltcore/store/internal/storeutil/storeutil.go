@@ -80,6 +80,10 @@ func CheckBatch(source string, events []*quiltv1.Event) ([]*quiltv1.Event, error
 	if source == "" {
 		return nil, errors.New("store: insert: empty source name")
 	}
+	if strings.Contains(source, "/") {
+		// Stores key events by source + "/" + id.
+		return nil, fmt.Errorf("store: insert: source name %q contains '/'", source)
+	}
 	out := events
 	for i, e := range events {
 		if e == nil {

@@ -162,11 +162,15 @@ func startLinked(t testing.TB, qm *fakeQM, lo runtime.LinkOptions, servers ...co
 		servers = []config.Server{{Name: "net", Enabled: true, Channels: []config.Channel{{Name: "#a"}}, Test: &config.TestSettings{Users: 3}}}
 	}
 	cfg := &config.SourceManager{Name: "sm", Protocol: config.ProtocolTest, Enabled: true, ConnectionCycle: time.Minute, Servers: servers}
+	return startLinkedWith(t, qm, cfg, testdriver.Driver{}, lo)
+}
+
+func startLinkedWith(t testing.TB, qm *fakeQM, cfg *config.SourceManager, drv runtime.Driver, lo runtime.LinkOptions) *linkHarness {
 	n := &qmNet{}
 	n.start(qm)
 	var logger = testLoggerTB(t)
 	m, err := runtime.New(runtime.Options{
-		Config: cfg, Drivers: []runtime.Driver{testdriver.Driver{}},
+		Config: cfg, Drivers: []runtime.Driver{drv},
 		Target:      "passthrough:///qm",
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(n.dialer), grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Link:        lo, Logger: logger,
@@ -189,7 +193,7 @@ func testLoggerTB(t testing.TB) *slog.Logger {
 	if tt, ok := t.(*testing.T); ok {
 		return testLogger(tt)
 	}
-	return nil
+	return slog.New(slog.DiscardHandler)
 }
 
 // stream returns the fake QM's current stream.
@@ -236,7 +240,9 @@ func TestLinkHelloWelcomeBatchesActionsQueries(t *testing.T) {
 		t.Fatalf("hello %v", hello)
 	}
 	// CONNECTED, JOIN, MEMBERS arrive; the stored override keeps "off" down.
-	qm.until(t, "join events", func() bool { return len(qm.batches) > 0 && countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MEMBERS) == 1 })
+	qm.until(t, "join events", func() bool {
+		return len(qm.batches) > 0 && countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MEMBERS) == 1
+	})
 	if s := h.m.Server("off").Status(); s.State != quiltv1.ServerState_SERVER_STATE_DISABLED {
 		// the override may be applied a moment after Welcome
 		qm.until(t, "off disabled", func() bool { return h.m.Server("off").Status().State == quiltv1.ServerState_SERVER_STATE_DISABLED })

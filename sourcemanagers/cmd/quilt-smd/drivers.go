@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/quilt/quilt/sourcemanagers/irc"
 	"github.com/quilt/quilt/sourcemanagers/runtime"
 	"github.com/quilt/quilt/sourcemanagers/testdriver"
 )
@@ -8,5 +9,6 @@ import (
 // drivers are the protocols this binary serves. Adding one is one line
 // here (and its import).
 var drivers = []runtime.Driver{
+	irc.Driver{},
 	testdriver.Driver{},
 }

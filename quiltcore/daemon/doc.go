@@ -56,6 +56,14 @@
 // file (for logrotate) and calls the hooks registered with Daemon.OnReload; a
 // failing hook is logged and never stops the daemon.
 //
+// # Goroutines
+//
+// Run owns two goroutines besides its caller's: one runs the run function,
+// one runs reloads (so a slow hook never delays the reaction to SIGTERM, and
+// two reloads never overlap). The signal loop itself runs in Run's caller.
+// When shutdown is cut short, Run returns while the run goroutine is still
+// going; the main is expected to exit at once.
+//
 // # Readiness
 //
 // Daemon.Ready logs "ready", tells systemd READY=1 over $NOTIFY_SOCKET

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/quilt/quilt/quiltcore/version"
 )
 
 // DefaultShutdownTimeout is how long a daemon has to stop after the first
@@ -246,7 +248,7 @@ func Run(ctx context.Context, o Options, run func(ctx context.Context, d *Daemon
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	log.Info("starting", KeyPID, os.Getpid())
+	log.Info("starting", "name", o.Name, "version", version.Version, KeyPID, os.Getpid(), "pid_file", o.PIDFile)
 	errc := make(chan error, 1)
 	go func() { errc <- callRun(runCtx, d, run) }()
 

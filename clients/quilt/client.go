@@ -88,7 +88,7 @@ func Dial(ctx context.Context, o Options) (*Client, error) {
 	}
 	c := &Client{opts: o, log: o.Logger, leaderKey: o.LeaderKey}
 	if o.Master != "" {
-		c.where = "at " + o.Master + " (--master)"
+		c.where = "given with --master or Options.Master"
 	} else {
 		cfg, err := config.Load(config.Dir(o.ConfigDir))
 		if err != nil {
@@ -276,7 +276,7 @@ func (c *Client) explain(err error, addr string) error {
 	}
 	st := status.Convert(err)
 	if st.Code() == codes.Unavailable && (strings.Contains(st.Message(), "connection refused") || strings.Contains(st.Message(), "connection error") || strings.Contains(st.Message(), "dial")) {
-		return fmt.Errorf("%w at %s (found %s): %s; is quilt-qmd running? see `quiltctl status -h`", ErrNoMaster, addr, c.where, st.Message())
+		return fmt.Errorf("%w reachable at %s (%s): %s; is quilt-qmd running? see `quiltctl status -h`", ErrNoMaster, addr, c.where, st.Message())
 	}
 	return err
 }

@@ -378,14 +378,22 @@ func (c *Cluster) WaitAttached(d time.Duration, names ...string) {
 // WaitEvents waits until the store holds at least n events matching f.
 func (c *Cluster) WaitEvents(d time.Duration, f *quiltv1.EventFilter, n int64) {
 	c.t.Helper()
+	if err := c.WaitEventsErr(d, f, n); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// WaitEventsErr is WaitEvents returning the failure (for callers off the
+// test goroutine, such as testscript commands).
+func (c *Cluster) WaitEventsErr(d time.Duration, f *quiltv1.EventFilter, n int64) error {
 	deadline := time.Now().Add(d)
 	for {
 		got, err := c.Store.CountEvents(context.Background(), f)
 		if err == nil && got >= n {
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("querytest: %d events matching %v stored within %s, want %d (err %v)", got, f, d, n, err)
+			return fmt.Errorf("querytest: %d events matching %v stored within %s, want %d (err %v)", got, f, d, n, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -395,11 +403,19 @@ func (c *Cluster) WaitEvents(d time.Duration, f *quiltv1.EventFilter, n int64) {
 // a source, through the master like any client would.
 func (c *Cluster) Raw(source, server, cmd string) {
 	c.t.Helper()
+	if err := c.RawErr(source, server, cmd); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// RawErr is Raw returning the failure.
+func (c *Cluster) RawErr(source, server, cmd string) error {
 	res, err := c.Master().Act(context.Background(), &quiltv1.ActRequest{Action: &quiltv1.Action{
 		Source: source, Server: server, Kind: quiltv1.ActionKind_ACTION_KIND_RAW, Text: cmd}, TimeoutSeconds: 5})
 	if err != nil || !res.GetOk() {
-		c.t.Fatalf("querytest: raw %q on %s/%s: %v %s", cmd, source, server, err, res.GetError())
+		return fmt.Errorf("querytest: raw %q on %s/%s: %v %s", cmd, source, server, err, res.GetError())
 	}
+	return nil
 }
 
 // Stop stops the sources, then the master.

@@ -48,12 +48,9 @@ type Options struct {
 
 // Store is the SQLite store. Use Open.
 type Store struct {
-	path string
-	log  *slog.Logger
-	wdb  *sql.DB
-	// wconn is the writer's connection, held for the store's life so
-	// statements prepared on it stay valid inside its transactions.
-	wconn  *sql.Conn
+	path   string
+	log    *slog.Logger
+	wdb    *sql.DB
 	rdb    *sql.DB
 	hasFTS bool
 
@@ -132,8 +129,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
-	wdb.SetMaxOpenConns(1)
-	wdb.SetMaxIdleConns(1)
+	// Only the writer goroutine writes; the second connection lets it
+	// prepare a statement while its transaction holds the first.
+	wdb.SetMaxOpenConns(2)
+	wdb.SetMaxIdleConns(2)
 	wdb.SetConnMaxLifetime(0)
 	s := &Store{path: path, log: lg.With("store", "sqlite", "path", path), wdb: wdb}
 	if err := s.init(); err != nil {
@@ -156,11 +155,6 @@ func Open(dir string, opts Options) (*Store, error) {
 		wdb.Close()
 		rdb.Close()
 		return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, err)
-	}
-	if s.wconn, err = wdb.Conn(context.Background()); err != nil {
-		wdb.Close()
-		rdb.Close()
-		return nil, fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
 	}
 	s.reqs = make(chan *writeReq, 256)
 	s.quit = make(chan struct{})
@@ -239,11 +233,10 @@ func (s *Store) Close() error {
 	close(s.quit)
 	<-s.done
 	// Keep the planner's statistics current for the next start.
-	_, _ = s.wconn.ExecContext(context.Background(), "PRAGMA optimize")
-	err0 := s.wconn.Close()
+	_, _ = s.wdb.Exec("PRAGMA optimize")
 	err1 := s.rdb.Close()
 	err2 := s.wdb.Close()
-	if err := errors.Join(err0, err1, err2); err != nil {
+	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("sqlitestore: close %s: %w", s.path, err)
 	}
 	return nil

@@ -42,14 +42,16 @@ func (w *writerState) load(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
-// stmt returns a cached prepared statement. Multi-row statements are keyed
+// stmt returns a cached prepared statement. It is prepared on the DB, not
+// on a sql.Conn: database/sql re-prepares a Conn's statement in every
+// transaction, but caches a DB statement per connection. Multi-row statements are keyed
 // by their text, and the row counts come from a few fixed chunk sizes, so
 // the cache stays small.
 func (s *Store) stmt(ctx context.Context, tx *sql.Tx, q string) (*sql.Stmt, error) {
 	st, ok := s.w.stmts[q]
 	if !ok {
 		var err error
-		st, err = s.wconn.PrepareContext(ctx, q)
+		st, err = s.wdb.PrepareContext(ctx, q)
 		if err != nil {
 			return nil, err
 		}
@@ -176,7 +178,7 @@ func (s *Store) commit(group []*writeReq) {
 	ctx := context.Background()
 	errs := make([]error, len(group))
 	saved := s.w.nextID
-	tx, err := s.wconn.BeginTx(ctx, nil)
+	tx, err := s.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		err = fmt.Errorf("sqlitestore: begin transaction on %s: %w", s.path, err)
 		for _, r := range group {

@@ -196,7 +196,7 @@ func (c *Client) joinInvites(ctx context.Context, rooms []string) {
 			c.log.Info("invited; not joining (auto_join_invites is off)", "room", r)
 			continue
 		}
-		if _, err := c.cli.JoinRoomByID(ctx, id.RoomID(r)); err != nil {
+		if _, err := c.cli.JoinRoom(ctx, r, nil); err != nil {
 			c.log.Warn("joining an invite failed", "room", r, "error", err)
 		}
 	}

@@ -351,7 +351,10 @@ func TestLogin(t *testing.T) {
 		ok    bool
 	}{{"good-token", true}, {"stale-token", false}} {
 		f := newFakeHS(t)
-		srv := testServer(func(m *config.MatrixSettings) { m.Password = config.Secret{}; m.AccessToken = config.NewSecret(tc.token) })
+		srv := testServer(func(m *config.MatrixSettings) {
+			m.Password = config.Secret{}
+			m.AccessToken = config.NewSecret(tc.token)
+		})
 		c, err := NewClient(runtime.SessionConfig{Server: srv}, runtime.ClientDeps{HTTP: &http.Client{Transport: f}})
 		if err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/quilt/quilt/sourcemanagers/irc"
+	"github.com/quilt/quilt/sourcemanagers/matrix"
 	"github.com/quilt/quilt/sourcemanagers/runtime"
 	"github.com/quilt/quilt/sourcemanagers/testdriver"
 )
@@ -10,5 +11,6 @@ import (
 // here (and its import).
 var drivers = []runtime.Driver{
 	irc.Driver{},
+	matrix.Driver{},
 	testdriver.Driver{},
 }

@@ -329,9 +329,15 @@ func (r *Registrar) awaitVisible(ctx context.Context, service, id string) {
 	}
 }
 
+// splitAddress accepts host:port, or a bare host (port 0, which Discover
+// turns back into the bare host): a source manager listens nowhere and is
+// registered with its node name only.
 func splitAddress(addr string) (string, int, error) {
 	if addr == "" {
 		return "", 0, nil
+	}
+	if !strings.Contains(addr, ":") {
+		return addr, 0, nil
 	}
 	host, p, err := net.SplitHostPort(addr)
 	if err != nil {

@@ -135,3 +135,29 @@ func TestCatalogShape(t *testing.T) {
 		t.Fatal("standby did not take over within 5 s of the holder's Close")
 	}
 }
+
+// TestBareHostAddress: the query master registers each source manager with
+// its node name only (it listens nowhere); Consul must take it and Discover
+// must give the same name back. The real-binary test found every
+// quilt-sm-* registration refused as "not host:port".
+func TestBareHostAddress(t *testing.T) {
+	addr := testenv.Consul(t)
+	r := newConsul(t, addr)
+	ctx := t.Context()
+	id := registrar.SourceManagerID("alpha")
+	h, err := r.Register(ctx, registrar.Registration{Name: registrar.ServiceSourceManager, ID: id, Address: "node-a", TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatalf("register with a bare host: %v", err)
+	}
+	defer h.Deregister(ctx)
+	list, err := r.Discover(ctx, registrar.ServiceSourceManager, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 1 || list[0].ID != id || list[0].Address != "node-a" {
+		t.Fatalf("discovered %+v, want %s at node-a", list, id)
+	}
+	if _, err := r.Register(ctx, registrar.Registration{Name: registrar.ServiceSourceManager, ID: id, Address: "node-a:x", TTL: 3 * time.Second}); !errors.Is(err, registrar.ErrInvalid) {
+		t.Errorf("register with a bad port: %v, want ErrInvalid", err)
+	}
+}

@@ -19,7 +19,7 @@ PROTO_FILES := $(wildcard proto/quilt/v1/*.proto)
 
 BINARIES := $(BIN)/quilt-qmd $(BIN)/quilt-smd $(BIN)/quiltctl
 
-.PHONY: help build test test-go deps vet fmt-check proto proto-check bench clean
+.PHONY: help build demo stop test test-go deps vet fmt-check proto proto-check bench clean
 
 # Fragments per area (tools, benchmarks); each defines its own targets.
 -include mk/*.mk
@@ -46,6 +46,12 @@ test-go: ## go test -race on every package (no installs)
 
 bench: ## run every benchmark group (bench-store, bench-runtime, bench-qm, ...)
 	@$(MAKE) --no-print-directory $(filter bench-%,$(shell grep -ho '^bench-[a-z0-9-]*:' mk/*.mk 2>/dev/null | tr -d :))
+
+demo: ## build and run quilt on embedded defaults with a local IRC server; show queries
+	@scripts/demo.sh start
+
+stop: ## stop the demo cluster (daemons and the IRC server)
+	@scripts/demo.sh stop
 
 vet: ## go vet every package
 	$(GO) vet -tags '$(BUILD_TAGS)' ./...

@@ -82,6 +82,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		LogFile:         cfg.Log.File,
 		ShutdownTimeout: cfg.Daemon.ShutdownTimeout,
 	}
+	// init scripts and operators find the daemon by this file; -pid-file
+	// overrides it
+	if cfg.Daemon.PidDir != "" {
+		opts.PIDFile = filepath.Join(cfg.Daemon.PidDir, name+".pid")
+	}
 	f.Apply(&opts)
 	return daemon.Run(context.Background(), opts, func(ctx context.Context, d *daemon.Daemon) error {
 		return serve(ctx, d, cfg)

@@ -169,7 +169,7 @@ Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 no query master reachable,
 	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err.Error()} })
 	root.AddCommand(a.statusCmd(), a.sourcesCmd(), a.queryCmd(), a.patternsCmd(), a.historyCmd(),
-		a.actCmd(), a.sendCmd(), a.tailCmd(), a.serverCmd(), a.smCmd(), a.versionCmd())
+		a.actCmd(), a.sendCmd(), a.tailCmd(), a.serverCmd(), a.smCmd(), a.versionCmd(), a.testCmd())
 	return root
 }
 

@@ -1,6 +1,7 @@
 package quiltctl
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -29,7 +30,13 @@ func (a *app) emit(m proto.Message) error {
 	}
 	switch a.output {
 	case "json":
-		_, err = fmt.Fprintf(a.stdout, "%s\n", b)
+		// protojson varies its spacing on purpose; compact it so the
+		// output is stable for scripts that diff or grep it.
+		var c bytes.Buffer
+		if err := json.Compact(&c, b); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(a.stdout, "%s\n", c.Bytes())
 	case "yaml":
 		var v any
 		if err := json.Unmarshal(b, &v); err != nil {

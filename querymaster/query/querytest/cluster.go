@@ -56,8 +56,8 @@ type Options struct {
 	Patterns        map[string]string
 	ShippedPatterns string
 	SourceTimeout   time.Duration
-	// Store, when set, is used instead of a fresh store: SQLite in a temp
-	// dir when env QUILT_TEST_STORE=sqlite, else MemStore.
+	// Store, when set, is used instead of a fresh store: the real SQLite
+	// store in a temp dir, or MemStore when env QUILT_TEST_STORE=memory.
 	Store  store.Store
 	Logger *slog.Logger
 }
@@ -105,7 +105,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	switch {
 	case o.Store != nil:
 		c.Store = o.Store
-	case os.Getenv("QUILT_TEST_STORE") == "sqlite":
+	case os.Getenv("QUILT_TEST_STORE") != "memory":
 		st, err := sqlitestore.Open(filepath.Join(dir, "data"), sqlitestore.Options{Logger: o.Logger, Synchronous: "normal"})
 		if err != nil {
 			t.Fatalf("querytest: sqlite store: %v", err)

@@ -37,15 +37,10 @@ func TestInitialSyncRecordsRoomButEmitsNoHistory(t *testing.T) {
 	c, em, _ := startClient(t, f, testServer(), nil)
 	waitSynced(t, c, 1)
 	evs := em.snapshot()
-	for _, e := range evs {
-		switch e.Kind {
-		case quiltv1.EventKind_EVENT_KIND_MEMBERS, quiltv1.EventKind_EVENT_KIND_CHANNEL_INFO:
-			if !strings.HasPrefix(e.Id, "state:hs:"+testRoom+":") {
-				t.Errorf("snapshot id %q", e.Id)
-			}
-		default:
-			t.Errorf("history emitted as new: %v", kinds([]*quiltv1.Event{e}))
-		}
+	// The snapshot events take the id of the newest state event they
+	// reflect: carol's join for the members, the alias for the room info.
+	if got := kinds(evs); !slices.Equal(got, []string{"MEMBERS $caroljoin", "CHANNEL_INFO $alias"}) {
+		t.Errorf("initial sync emitted %v", got)
 	}
 	if got, want := em.members(testRoom), []string{alice, bob, carol}; !slices.Equal(got, want) {
 		t.Errorf("members %v, want %v", got, want)
@@ -187,11 +182,13 @@ func TestKickRejoinDuplicatesBan(t *testing.T) {
 	waitSynced(t, c, 6)
 	after := em.snapshot()[before:]
 	got := kinds(after)
-	if len(got) < 4 || got[0] != "JOIN $alicerejoin" || !strings.HasPrefix(got[1], "MEMBERS state:") ||
-		!strings.HasPrefix(got[2], "CHANNEL_INFO state:") || got[3] != "MESSAGE $m6" {
+	// The JOIN carries the RoomInfo; the member list cannot reuse the
+	// JOIN's id in the same batch, so it takes its content hash.
+	if len(got) < 3 || got[0] != "JOIN $alicerejoin" || !strings.HasPrefix(got[1], "MEMBERS state:hs:"+testRoom+":members:") ||
+		got[2] != "MESSAGE $m6" {
 		t.Errorf("re-join emitted %v", got)
 	}
-	if got[len(got)-1] != "MESSAGE $m7" || len(got) != 5 {
+	if got[len(got)-1] != "MESSAGE $m7" || len(got) != 4 {
 		t.Errorf("after the duplicate sync: %v, want only $m7 added", got)
 	}
 	for _, old := range []string{"$m1", "$m4", "$davejoin", "$davepart", "$m5", "$alicekick", "$aliceinvite"} {
@@ -230,7 +227,8 @@ func TestKickRejoinDuplicatesBan(t *testing.T) {
 	}
 	seen := map[string]bool{}
 	for _, e := range evs {
-		if seen[e.Id] && !strings.HasPrefix(e.Id, "state:") {
+		snap := e.Kind == quiltv1.EventKind_EVENT_KIND_MEMBERS || e.Kind == quiltv1.EventKind_EVENT_KIND_CHANNEL_INFO && e.User.Self
+		if seen[e.Id] && !snap {
 			t.Errorf("event %s emitted twice", e.Id)
 		}
 		seen[e.Id] = true

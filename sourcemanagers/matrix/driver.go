@@ -19,8 +19,9 @@
 // neither replay nor loss. The first sync of every session asks for
 // full_state, because the runtime cleared its maps when the previous session
 // ended and needs the rooms' members again; that state goes up as MEMBERS
-// and CHANNEL_INFO events whose ids hash their content, so an unchanged room
-// adds nothing to the store on restart.
+// and CHANNEL_INFO events that take the id of the newest Matrix state event
+// they reflect, which the store usually holds already: a restart adds
+// nothing to the room's stored events (see tracker.snapshot).
 //
 // With no stored token (the bot's very first start) the initial sync's
 // timelines are history from before quilt watched: rooms and members are

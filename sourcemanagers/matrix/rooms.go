@@ -42,9 +42,10 @@ const (
 //     section, and the timeline before the bot's own join or, on the very
 //     first sync, the whole timeline) rebuilds the room idempotently and is
 //     never emitted event by event: it is history. What the bot knows after
-//     it goes up as one MEMBERS and one CHANNEL_INFO event whose ids are a
-//     hash of their content, so re-sending the same snapshot (a restart, a
-//     re-join into an unchanged room) is a duplicate for the store.
+//     it goes up as one MEMBERS and one CHANNEL_INFO event named after the
+//     newest state event they reflect, so sending the same state again (a
+//     restart, a re-join into an unchanged room) is a duplicate for the
+//     store.
 //   - Every other timeline event is handled at most once: its (room, event
 //     id) is checked against the processed record and recorded before it
 //     changes any state or is emitted (seed 002). A re-sent event is dropped
@@ -67,6 +68,29 @@ type room struct {
 	alias   string
 	power   map[string]int
 	powerDf int
+
+	// The events that set the current state, for snapshot ids.
+	memberEv map[string]evRef
+	powerEv  evRef
+	infoEv   map[string]evRef // by event type: name, topic, alias, create
+}
+
+// evRef names a state event and orders it (origin_server_ts, then id).
+type evRef struct {
+	id string
+	ts int64
+}
+
+func (a evRef) after(b evRef) bool { return a.ts > b.ts || (a.ts == b.ts && a.id > b.id) }
+
+func newest(refs ...evRef) evRef {
+	var n evRef
+	for _, r := range refs {
+		if r.id != "" && (n.id == "" || r.after(n)) {
+			n = r
+		}
+	}
+	return n
 }
 
 type member struct {
@@ -79,7 +103,8 @@ func newTracker(self, server string) *tracker {
 }
 
 func newRoom(id string) *room {
-	return &room{id: id, members: map[string]*member{}, power: map[string]int{}}
+	return &room{id: id, members: map[string]*member{}, power: map[string]int{},
+		memberEv: map[string]evRef{}, infoEv: map[string]evRef{}}
 }
 
 // syncResult is what one /sync response asks the client to do.
@@ -131,10 +156,10 @@ func (t *tracker) syncRoom(id string, state, timeline []*event.Event, limited, h
 			// The bot is in the room as of the state snapshot (restart with
 			// full_state, or a join that fell in a limited gap).
 			r.joined = true
-			*out = append(*out, t.snapshot(r, now)...)
+			*out = append(*out, t.snapshot(r, now, "")...)
 		case wasJoined && limited && len(state) > 0:
 			// A gap: the state section is what changed in it. Refresh.
-			*out = append(*out, t.snapshot(r, now)...)
+			*out = append(*out, t.snapshot(r, now, "")...)
 		}
 	}
 	for _, ev := range timeline {
@@ -152,7 +177,7 @@ func (t *tracker) syncRoom(id string, state, timeline []*event.Event, limited, h
 			if !history && fresh && t.isSelfJoin(ev) {
 				r.joined = true
 				*out = append(*out, t.selfJoin(r, ev, now))
-				*out = append(*out, t.snapshot(r, now)...)
+				*out = append(*out, t.snapshot(r, now, string(ev.ID))...)
 			}
 			continue
 		}
@@ -165,7 +190,7 @@ func (t *tracker) syncRoom(id string, state, timeline []*event.Event, limited, h
 		// In the room after all (first sync; or a join processed before):
 		// record what is known now.
 		r.joined = true
-		*out = append(*out, t.snapshot(r, now)...)
+		*out = append(*out, t.snapshot(r, now, "")...)
 	}
 	if left {
 		if r.joined {
@@ -328,32 +353,56 @@ func (t *tracker) selfJoin(r *room, ev *event.Event, now time.Time) *quiltv1.Eve
 }
 
 // snapshot returns the MEMBERS and CHANNEL_INFO events for what is known of
-// r. Their ids are hashes of their content: the same state sent again is a
-// duplicate for the store, while the runtime, whose maps a restart cleared,
-// still receives it.
-func (t *tracker) snapshot(r *room, now time.Time) []*quiltv1.Event {
+// r. Each takes the id of the newest Matrix state event it reflects (the
+// member or power-levels event, resp. the name, topic, alias or create
+// event, that last changed it): the state after a given event is always the
+// same, so the id is stable across replays. On a restart the room's newest
+// state event is usually stored already (as the JOIN, KICK or TOPIC it was
+// handled as, or as an earlier snapshot), so the store drops the snapshot
+// as a duplicate and the room's stored events do not change, while the
+// runtime, whose maps were cleared, still receives it. afterJoin is the
+// bot's JOIN emitted in the same batch: its id cannot be reused there, and
+// the JOIN already carries the RoomInfo.
+func (t *tracker) snapshot(r *room, now time.Time, afterJoin string) []*quiltv1.Event {
 	var ms []*quiltv1.Member
 	h := sha256.New()
+	var refs []evRef
 	for _, mx := range r.joinedMembers() {
 		u := t.user(r, mx)
 		modes := r.modes(mx)
 		ms = append(ms, &quiltv1.Member{User: u, Modes: modes})
 		fmt.Fprintf(h, "%s\x00%s\x00%s\n", mx, u.Display, strings.Join(modes, ","))
 	}
+	for _, ref := range r.memberEv {
+		refs = append(refs, ref)
+	}
 	members := t.base(quiltv1.EventKind_EVENT_KIND_MEMBERS, r, t.self, now)
 	members.Members = ms
-	members.Id = t.snapshotID(r, "members", h.Sum(nil))
-
+	members.Id = newest(append(refs, r.powerEv)...).id
+	if members.Id == "" || members.Id == afterJoin {
+		members.Id = t.snapshotID(r, "members", h.Sum(nil))
+	}
+	if afterJoin != "" {
+		return []*quiltv1.Event{members}
+	}
 	info := r.info()
-	ib, _ := json.Marshal([]any{info.Name, info.DisplayName, info.Topic, info.TopicSetBy, info.CanonicalAlias, info.MemberCount})
-	ih := sha256.Sum256(ib)
 	ci := t.base(quiltv1.EventKind_EVENT_KIND_CHANNEL_INFO, r, t.self, now)
 	ci.ChannelInfo = info
-	ci.Id = t.snapshotID(r, "info", ih[:])
+	refs = refs[:0]
+	for _, ref := range r.infoEv {
+		refs = append(refs, ref)
+	}
+	ci.Id = newest(refs...).id
+	if ci.Id == "" {
+		ib, _ := json.Marshal([]any{info.Name, info.DisplayName, info.Topic, info.TopicSetBy, info.CanonicalAlias, info.MemberCount})
+		ih := sha256.Sum256(ib)
+		ci.Id = t.snapshotID(r, "info", ih[:])
+	}
 	return []*quiltv1.Event{members, ci}
 }
 
-// snapshotID cannot collide with a Matrix event id, which starts with '$'.
+// snapshotID is the fallback id, a hash of the content; it cannot collide
+// with a Matrix event id, which starts with '$'.
 func (t *tracker) snapshotID(r *room, what string, sum []byte) string {
 	return "state:" + t.server + ":" + r.id + ":" + what + ":" + hex.EncodeToString(sum[:12])
 }
@@ -487,6 +536,7 @@ func (r *room) applyState(ev *event.Event) {
 		return
 	}
 	raw := ev.Content.VeryRaw
+	ref := evRef{id: string(ev.ID), ts: ev.Timestamp}
 	switch ev.Type.Type {
 	case event.StateMember.Type:
 		c := memberContent(ev)
@@ -494,12 +544,16 @@ func (r *room) applyState(ev *event.Event) {
 			return
 		}
 		r.members[*ev.StateKey] = &member{membership: c.Membership, display: c.Displayname}
+		r.memberEv[*ev.StateKey] = ref
+	case event.StateCreate.Type:
+		r.infoEv[ev.Type.Type] = ref
 	case event.StateTopic.Type:
 		var c struct {
 			Topic string `json:"topic"`
 		}
 		_ = json.Unmarshal(raw, &c)
 		r.topic, r.topicBy = c.Topic, string(ev.Sender)
+		r.infoEv[ev.Type.Type] = ref
 		if ev.Timestamp > 0 {
 			r.topicAt = time.UnixMilli(ev.Timestamp)
 		}
@@ -509,12 +563,14 @@ func (r *room) applyState(ev *event.Event) {
 		}
 		_ = json.Unmarshal(raw, &c)
 		r.name = c.Name
+		r.infoEv[ev.Type.Type] = ref
 	case event.StateCanonicalAlias.Type:
 		var c struct {
 			Alias string `json:"alias"`
 		}
 		_ = json.Unmarshal(raw, &c)
 		r.alias = c.Alias
+		r.infoEv[ev.Type.Type] = ref
 	case event.StatePowerLevels.Type:
 		var c struct {
 			Users        map[string]int `json:"users"`
@@ -526,6 +582,7 @@ func (r *room) applyState(ev *event.Event) {
 			r.power = map[string]int{}
 		}
 		r.powerDf = c.UsersDefault
+		r.powerEv = ref
 	}
 }
 

@@ -10,7 +10,11 @@
 // release) acquiring quilt/<key> with the holder's id and address as the
 // value. The acquire loop is hand-rolled rather than api.Lock because
 // api.Lock waits a fixed 5 s after a lock-delay refusal, which would make
-// failover take 6 s instead of about one.
+// failover take 6 s instead of about one. When the holder id is one of this
+// registrar's registrations with a grpc.health.v1 check (the query master),
+// the session is bound to that check: a holder killed with -9 loses the lock
+// within about 2 s (two failed probes 1 s apart), not the 10-20 s Consul
+// takes to expire a session nobody renews.
 //
 // All quilt keys (KV and locks) live under quilt/ in Consul's KV.
 package consul
@@ -40,7 +44,13 @@ const (
 	DefaultLockDelay      = time.Second
 	DefaultConnectTimeout = 5 * time.Second
 	// GRPCCheckInterval is how often Consul probes a grpc.health.v1 check.
-	GRPCCheckInterval = 10 * time.Second
+	// The holder's leader-lock session is bound to that check, so this
+	// (times GRPCCheckFailures) bounds how long a killed leader keeps the
+	// lock: the session TTL alone would keep it 10-20 s.
+	GRPCCheckInterval = time.Second
+	// GRPCCheckFailures consecutive failed probes make the check critical,
+	// so one slow probe on a loaded host does not cost the leader its lock.
+	GRPCCheckFailures = 2
 )
 
 // Options configures New.
@@ -278,7 +288,8 @@ func (r *Registrar) Register(ctx context.Context, reg registrar.Registration) (r
 			Name:                           "grpc.health.v1",
 			GRPC:                           reg.GRPCHealth,
 			Interval:                       GRPCCheckInterval.String(),
-			Timeout:                        (GRPCCheckInterval / 2).String(),
+			Timeout:                        GRPCCheckInterval.String(),
+			FailuresBeforeCritical:         GRPCCheckFailures,
 			Status:                         api.HealthPassing,
 			DeregisterCriticalServiceAfter: reg.DeregisterAfter.String(),
 		})
@@ -624,12 +635,21 @@ func (r *Registrar) Lock(ctx context.Context, key, holderID, address string) (re
 		return nil, fmt.Errorf("%w: lock %q without a holder id", registrar.ErrInvalid, key)
 	}
 	value, _ := json.Marshal(leaderValue{ID: holderID, Address: address})
-	sid, _, err := r.client.Session().Create(&api.SessionEntry{
+	entry := &api.SessionEntry{
 		Name:      "quilt lock " + key + " for " + holderID,
 		TTL:       r.opts.SessionTTL.String(),
 		LockDelay: r.opts.LockDelay,
 		Behavior:  api.SessionBehaviorRelease,
-	}, wopts(ctx))
+	}
+	if check := r.holderCheck(holderID); check != "" {
+		// A holder killed with -9 stops renewing, but Consul only expires
+		// a session after up to twice its TTL (10 s minimum): 20 s without
+		// a leader. Bound to the holder's gRPC health check, the session
+		// is invalidated as soon as the agent finds the holder gone.
+		entry.NodeChecks = []string{"serfHealth"}
+		entry.ServiceChecks = []api.ServiceCheck{{ID: check}}
+	}
+	sid, _, err := r.client.Session().Create(entry, wopts(ctx))
 	if err != nil {
 		return nil, r.wrap(ctx, "lock "+key+": create session", err)
 	}
@@ -740,6 +760,20 @@ func (l *lock) acquire(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// holderCheck is the gRPC health check of this registrar's live
+// registration with id holderID (the query master locks under its own
+// service id), or "".
+func (r *Registrar) holderCheck(holderID string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for h := range r.regs {
+		if h.reg.ID == holderID && h.reg.GRPCHealth != "" {
+			return grpcCheckID(holderID)
+		}
+	}
+	return ""
 }
 
 // renew keeps the session alive at SessionTTL/3 (1 s after a failure).

@@ -64,7 +64,9 @@
 //	                        for a regexp), since/until (`case`: when the
 //	                        case started; a duration ago: 10m; RFC 3339),
 //	                        limit, oldest=true. source=* asks every source.
-//	                        A live answer missing some source fails the step.
+//	                        A live answer missing some source fails the step
+//	                        (or, when an `assert ... within` follows, that
+//	                        assert, which re-runs the query meanwhile).
 //	query pattern NAME [VAR=VALUE...]
 //	                        run a configured pattern
 //	assert rows OP N [within DURATION]

@@ -142,6 +142,8 @@ type caseRun struct {
 
 	lastReq    *quiltv1.QueryRequest
 	lastAnswer *quilt.Answer
+	lastErr    error // the last query's failure or partial answer
+	next       *Step // the step after the running one
 }
 
 // RunCase runs one case. A failing step fails the case; the steps after it
@@ -192,7 +194,11 @@ func (r *Runner) RunCase(ctx context.Context, c *Case) *CaseResult {
 	defer func() { stopSub(); <-subDone }()
 
 	failed := false
-	for _, st := range c.Steps {
+	for i, st := range c.Steps {
+		cr.next = nil
+		if i+1 < len(c.Steps) {
+			cr.next = c.Steps[i+1]
+		}
 		sr := StepResult{Step: st, Text: cr.expandBest(st.Text)}
 		if failed {
 			sr.Skipped = true
@@ -620,7 +626,13 @@ func (cr *caseRun) query(ctx context.Context, st *Step) error {
 		req.Filter = nil
 	}
 	cr.lastReq = req
-	return cr.runQuery(ctx)
+	err := cr.runQuery(ctx)
+	if err != nil && cr.next != nil && cr.next.Verb == "assert" && cr.next.within > 0 {
+		// The assert re-runs the query until it holds: a source still
+		// attaching is not a failure yet.
+		return nil
+	}
+	return err
 }
 
 func (cr *caseRun) when(v string) (time.Time, error) {
@@ -635,19 +647,18 @@ func (cr *caseRun) when(v string) (time.Time, error) {
 
 func (cr *caseRun) runQuery(ctx context.Context) error {
 	a, err := cr.r.Client.QueryAll(ctx, cr.lastReq)
+	cr.lastAnswer, cr.lastErr = a, err
 	if err != nil {
-		cr.lastAnswer = nil
 		return err
 	}
-	cr.lastAnswer = a
 	if len(a.Problems) > 0 {
 		var ps []string
 		for _, p := range a.Problems {
 			ps = append(ps, fmt.Sprintf("%s: %s %s", p.GetSource(), p.GetReason(), p.GetError()))
 		}
-		return fmt.Errorf("partial answer, some sources did not answer: %s", strings.Join(ps, "; "))
+		cr.lastErr = fmt.Errorf("partial answer, some sources did not answer: %s", strings.Join(ps, "; "))
 	}
-	return nil
+	return cr.lastErr
 }
 
 // assert checks the last query's rows; with `within` it re-runs the query
@@ -672,18 +683,16 @@ func (cr *caseRun) assert(ctx context.Context, st *Step) error {
 		select {
 		case <-time.After(250 * time.Millisecond):
 		case <-ctx.Done():
-			return ctx.Err()
+			return fmt.Errorf("%w while retrying; last: %v", ctx.Err(), err)
 		}
-		if qerr := cr.runQuery(ctx); qerr != nil && time.Now().After(deadline) {
-			return qerr
-		}
+		cr.runQuery(ctx) // check reports its failure
 	}
 }
 
 func (cr *caseRun) check(st *Step, conds []compiled) error {
 	a := cr.lastAnswer
-	if a == nil {
-		return errors.New("the last query failed")
+	if cr.lastErr != nil {
+		return fmt.Errorf("the query failed: %w", cr.lastErr)
 	}
 	if st.assertMode == "rows" {
 		if compare(float64(len(a.Rows)), st.rowsOp, float64(st.rowsN)) {

@@ -200,3 +200,23 @@ func TestRepeatAsCanary(t *testing.T) {
 		t.Fatalf("sleep 0 ran %d rounds", rounds)
 	}
 }
+
+// A query answered partially fails, unless an `assert ... within` follows:
+// then the query is re-run until the source is back.
+func TestPartialAnswerRetriedByAssertWithin(t *testing.T) {
+	c, cl := startCluster(t)
+	c.StopSource("t1")
+	r := &quilttest.Runner{Client: cl}
+	rep := r.Run(context.Background(), []*quilttest.Case{parse(t, "p", "name p\nuse t1\nquery servers\nassert rows == 1\n")})
+	if err := rep.Cases[0].Err; err == nil || !strings.Contains(err.Error(), "line 3: query servers: partial answer") {
+		t.Fatalf("partial answer: %v", err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		c.StartSource("t1")
+	}()
+	rep = r.Run(context.Background(), []*quilttest.Case{parse(t, "p", "name p\nuse t1\nquery servers\nassert row state=connected within 10s\n")})
+	if err := rep.Cases[0].Err; err != nil {
+		t.Fatalf("assert within did not wait for the source: %v", err)
+	}
+}

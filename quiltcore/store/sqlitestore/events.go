@@ -147,9 +147,13 @@ func (s *Store) insertTx(ctx context.Context, tx *sql.Tx, source string, events 
 // (time, id) columns to order and page by: when the user filter is an exact
 // name, event_users drives the query, since its primary key is already
 // (name, time, id) ordered.
-func (s *Store) where(f *quiltv1.EventFilter) (from string, conds []string, args []any, tcol, idcol string) {
+func (s *Store) where(f *quiltv1.EventFilter, exactName string) (from string, conds []string, args []any, tcol, idcol string) {
 	from, tcol, idcol = "events e", "e.time_ns", "e.id"
-	if u := f.GetUser(); u != "" {
+	if exactName != "" {
+		from, tcol, idcol = "event_users u JOIN events e ON e.id = u.ev", "u.time_ns", "u.ev"
+		conds = append(conds, "u.name = ?")
+		args = append(args, exactName)
+	} else if u := f.GetUser(); u != "" {
 		if storeutil.HasWildcard(u) {
 			conds = append(conds, "e.id IN (SELECT ev FROM event_users WHERE name GLOB ?)")
 			args = append(args, sqliteGlob(u))
@@ -220,54 +224,130 @@ func whereSQL(conds []string) string {
 	return " WHERE " + strings.Join(conds, " AND ")
 }
 
+// maxGlobMerge is how many names a user glob may match and still be
+// answered by merging one index-ordered query per name; beyond it one query
+// filters by the glob and sorts.
+const maxGlobMerge = 64
+
+type pageRow struct {
+	key  storeutil.Key
+	data []byte
+}
+
 // QueryEvents implements store.Store with a keyset page token (time, id).
 func (s *Store) QueryEvents(ctx context.Context, q store.EventQuery) (store.EventPage, error) {
 	if err := storeutil.CheckFilter(q.Filter); err != nil {
 		return store.EventPage{}, err
 	}
 	limit := storeutil.Limit(q.Limit)
-	from, conds, args, tcol, idcol := s.where(q.Filter)
-	cmp, dir := "<", "DESC"
-	if q.OldestFirst {
-		cmp, dir = ">", "ASC"
-	}
+	var after *storeutil.Key
 	if q.PageToken != "" {
 		k, err := storeutil.DecodeToken(q.PageToken)
 		if err != nil {
 			return store.EventPage{}, err
 		}
-		conds = append(conds, "("+tcol+", "+idcol+") "+cmp+" (?, ?)")
-		args = append(args, k.TimeNS, k.Seq)
+		after = &k
 	}
-	query := "SELECT e.id, e.time_ns, e.data FROM " + from + whereSQL(conds) +
-		" ORDER BY " + tcol + " " + dir + ", " + idcol + " " + dir + " LIMIT ?"
-	args = append(args, limit+1)
-	rows, err := s.rdb.QueryContext(ctx, query, args...)
-	if err != nil {
-		return store.EventPage{}, fmt.Errorf("sqlitestore: query events: %w", err)
+	var rows []pageRow
+	var err error
+	names, merge := []string(nil), false
+	if u := q.Filter.GetUser(); u != "" && storeutil.HasWildcard(u) {
+		names, err = s.globNames(ctx, u)
+		if err != nil {
+			return store.EventPage{}, err
+		}
+		merge = len(names) <= maxGlobMerge
 	}
-	defer rows.Close()
+	if merge {
+		// A glob matching a few names: each name's rows come in order from
+		// event_users' primary key; merge them. An event carrying two
+		// matching names appears in both lists: keep one.
+		seen := map[int64]bool{}
+		for _, n := range names {
+			part, err := s.page(ctx, q.Filter, n, after, q.OldestFirst, limit+1)
+			if err != nil {
+				return store.EventPage{}, err
+			}
+			for _, r := range part {
+				if !seen[r.key.Seq] {
+					seen[r.key.Seq] = true
+					rows = append(rows, r)
+				}
+			}
+		}
+		sort.Slice(rows, func(i, j int) bool {
+			a, b := rows[i].key, rows[j].key
+			less := a.TimeNS < b.TimeNS || (a.TimeNS == b.TimeNS && a.Seq < b.Seq)
+			return less == q.OldestFirst
+		})
+		if len(rows) > limit+1 {
+			rows = rows[:limit+1]
+		}
+	} else if rows, err = s.page(ctx, q.Filter, "", after, q.OldestFirst, limit+1); err != nil {
+		return store.EventPage{}, err
+	}
 	var page store.EventPage
-	var last storeutil.Key
-	for rows.Next() {
-		if len(page.Events) == limit {
-			page.NextPageToken = storeutil.EncodeToken(last)
+	for i, r := range rows {
+		if i == limit {
+			page.NextPageToken = storeutil.EncodeToken(rows[i-1].key)
 			break
 		}
-		var data []byte
-		if err := rows.Scan(&last.Seq, &last.TimeNS, &data); err != nil {
-			return store.EventPage{}, fmt.Errorf("sqlitestore: query events: %w", err)
-		}
 		e := new(quiltv1.Event)
-		if err := proto.Unmarshal(data, e); err != nil {
-			return store.EventPage{}, fmt.Errorf("sqlitestore: decode event row %d: %w", last.Seq, err)
+		if err := proto.Unmarshal(r.data, e); err != nil {
+			return store.EventPage{}, fmt.Errorf("sqlitestore: decode event row %d: %w", r.key.Seq, err)
 		}
 		page.Events = append(page.Events, e)
 	}
-	if err := rows.Err(); err != nil {
-		return store.EventPage{}, fmt.Errorf("sqlitestore: query events: %w", err)
-	}
 	return page, nil
+}
+
+// globNames lists the distinct stored names matching a user glob.
+func (s *Store) globNames(ctx context.Context, glob string) ([]string, error) {
+	rows, err := s.rdb.QueryContext(ctx, "SELECT DISTINCT name FROM user_names WHERE name GLOB ? LIMIT ?", sqliteGlob(glob), maxGlobMerge+1)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: names matching %q: %w", glob, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, fmt.Errorf("sqlitestore: names matching %q: %w", glob, err)
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// page runs one ordered, limited query (exactName overrides the filter's
+// user).
+func (s *Store) page(ctx context.Context, f *quiltv1.EventFilter, exactName string, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
+	from, conds, args, tcol, idcol := s.where(f, exactName)
+	cmp, dir := "<", "DESC"
+	if oldest {
+		cmp, dir = ">", "ASC"
+	}
+	if after != nil {
+		conds = append(conds, "("+tcol+", "+idcol+") "+cmp+" (?, ?)")
+		args = append(args, after.TimeNS, after.Seq)
+	}
+	query := "SELECT e.id, e.time_ns, e.data FROM " + from + whereSQL(conds) +
+		" ORDER BY " + tcol + " " + dir + ", " + idcol + " " + dir + " LIMIT ?"
+	args = append(args, n)
+	rows, err := s.rdb.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: query events: %w", err)
+	}
+	defer rows.Close()
+	var out []pageRow
+	for rows.Next() {
+		var r pageRow
+		if err := rows.Scan(&r.key.Seq, &r.key.TimeNS, &r.data); err != nil {
+			return nil, fmt.Errorf("sqlitestore: query events: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }
 
 // CountEvents implements store.Store.
@@ -275,7 +355,7 @@ func (s *Store) CountEvents(ctx context.Context, f *quiltv1.EventFilter) (int64,
 	if err := storeutil.CheckFilter(f); err != nil {
 		return 0, err
 	}
-	from, conds, args, _, _ := s.where(f)
+	from, conds, args, _, _ := s.where(f, "")
 	var n int64
 	if err := s.rdb.QueryRowContext(ctx, "SELECT count(*) FROM "+from+whereSQL(conds), args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("sqlitestore: count events: %w", err)

@@ -99,6 +99,9 @@ start() {
   say "installing what is missing (ngircd) and building quilt"
   "$ROOT/scripts/ensure-deps.sh" ngircd
   make -C "$ROOT" --no-print-directory build
+  if ! pid_of quilt-qmd >/dev/null; then
+    rm -rf "$DEMO/data"   # a fresh run shows a fresh history
+  fi
   write_config
   say "starting a local IRC server (ngircd on 127.0.0.1:$IRC_PORT)"
   "$ROOT/scripts/testservers.sh" start irc
@@ -112,11 +115,13 @@ start() {
   say "playing a conversation: alice and bob talk in #quilt"
   irc_session alice "JOIN #quilt" sleep "PRIVMSG #quilt :morning! is the deploy done?" sleep sleep sleep sleep "PRIVMSG #quilt :great, thanks bob" &
   local alice_pid=$!
-  irc_session bob "JOIN #quilt" "JOIN #ops" sleep "PRIVMSG #quilt :yes, rolled out at 09:00" "NICK bobby" "PRIVMSG #ops :all green here" sleep sleep sleep &
+  # bob stays online a while, so the live presence query below finds him
+  irc_session bob "JOIN #quilt" "JOIN #ops" sleep "PRIVMSG #quilt :yes, rolled out at 09:00" "NICK bobby" "PRIVMSG #ops :all green here" \
+    sleep sleep sleep sleep sleep sleep sleep sleep sleep sleep sleep sleep &
   local bob_pid=$!
   sleep 2.5
   quiltctl send irc/local '#quilt' 'hello alice and bob, quilt is listening' >/dev/null
-  wait "$alice_pid" "$bob_pid"
+  wait "$alice_pid"
   sleep 1
   say "quiltctl sources"
   quiltctl sources
@@ -126,8 +131,9 @@ start() {
   quiltctl query events --channel '#quilt' --oldest-first
   say "quiltctl query lastseen --user alice"
   quiltctl query lastseen --user alice
+  wait "$bob_pid"
   say "quiltctl history   (every query is recorded)"
-  quiltctl history
+  quiltctl history --limit 5
   cat <<MSG
 
 The cluster is still running. Try:

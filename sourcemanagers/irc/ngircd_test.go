@@ -121,6 +121,22 @@ func (ic *ircCluster) members(channel string) map[string]*quiltv1.Member {
 
 func TestIRCAgainstNGIRCd(t *testing.T) {
 	ic := startIRCCluster(t)
+	// the query master's view of the source (quiltctl sources) says connected
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := ic.c.Master().ListSources(context.Background(), &quiltv1.ListSourcesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Sources) == 1 && resp.Sources[0].Attached && len(resp.Sources[0].Servers) == 1 &&
+			resp.Sources[0].Servers[0].State == quiltv1.ServerState_SERVER_STATE_CONNECTED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ListSources does not show irc/local connected: %v", resp.Sources)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	alice := testenv.DialIRC(t, ic.srv.Addr, "alice")
 	alice.Join("#quilt")
 	bob := testenv.DialIRC(t, ic.srv.Addr, "bob")

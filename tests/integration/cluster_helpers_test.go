@@ -275,22 +275,33 @@ func logTail(path string, n int) string {
 	return "  | " + strings.Join(lines, "\n  | ")
 }
 
-// lastField returns the value after key (up to a space) on the last log
-// line of path that has it.
-func lastField(t testing.TB, path, key string) string {
+// logLines returns the lines of the log at path that contain all of subs.
+func logLines(t testing.TB, path string, subs ...string) []string {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	i := strings.LastIndex(string(b), key)
-	if i < 0 {
-		t.Fatalf("%s: no %q in the log", path, key)
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		ok := true
+		for _, s := range subs {
+			ok = ok && strings.Contains(l, s)
+		}
+		if ok {
+			out = append(out, l)
+		}
 	}
-	v := string(b[i+len(key):])
-	if j := strings.IndexAny(v, " \n"); j >= 0 {
-		v = v[:j]
+	return out
+}
+
+// field is the value after key (up to a space) in line, or "".
+func field(line, key string) string {
+	_, v, ok := strings.Cut(line, key)
+	if !ok {
+		return ""
 	}
+	v, _, _ = strings.Cut(v, " ")
 	return v
 }
 

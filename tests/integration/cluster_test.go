@@ -304,7 +304,23 @@ func TestClusterQMDKill9Replay(t *testing.T) {
 		return sourcesUp(c, map[string]int{"alpha": 2, "beta": 1})
 	}, qmd, alpha, beta)
 	for _, p := range []*daemonProc{alpha, beta} {
-		t.Logf("FIGURE %s replayed %s unacknowledged events to the restarted master", p.name, lastField(t, p.logPath, "replaying_events="))
+		// Every attach logs how many unacknowledged events it replays; the
+		// first is to the first master (nothing to replay).
+		// The master lists a source as attached at its Hello, a moment
+		// before the source manager logs the Welcome: poll.
+		var counts []string
+		waitFor(t, settleTimeout, p.name+" to log its second attach", func() (bool, string) {
+			counts = counts[:0]
+			for _, l := range logLines(t, p.logPath, "attached to query master") {
+				counts = append(counts, field(l, "replaying_events="))
+			}
+			return len(counts) >= 2, fmt.Sprintf("replaying_events at each attach: %v", counts)
+		}, qmd, alpha, beta)
+		var down []string
+		for _, l := range logLines(t, p.logPath, "query master link down") {
+			down = append(down, field(l, "unacked_events="))
+		}
+		t.Logf("FIGURE %s: unacked events when the link went down (each retry): %v; replayed at each attach: %v", p.name, down, counts)
 	}
 	t.Logf("FIGURE restart: both source managers re-attached %s after the new quilt-qmd led (%s after its start)",
 		reattach.Round(time.Millisecond), time.Since(restarted).Round(time.Millisecond))

@@ -25,6 +25,40 @@ type writerState struct {
 	// common case (the same users again) costs no write.
 	names map[[2]string]struct{}
 	stmts map[string]*sql.Stmt
+	// dataVersion is PRAGMA data_version as of this writer's last
+	// transaction; it changes only when another connection (another
+	// process on the same file: a second quilt-qmd on the same data_dir)
+	// committed, and then nextID and names are stale. synced is false
+	// until the first transaction has read it.
+	dataVersion int64
+	synced      bool
+}
+
+// sync reloads what another process may have changed since this writer's
+// last transaction. It runs inside the write transaction (BEGIN IMMEDIATE
+// holds the write lock), so nothing can change between the check and the
+// writes. Without it a standby that opened the file before the leader
+// wrote assigns ids the leader already used: every insert fails with
+// "UNIQUE constraint failed: events.id" once it leads.
+func (w *writerState) sync(ctx context.Context, tx *sql.Tx) error {
+	var v int64
+	if err := tx.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+		return fmt.Errorf("sqlitestore: read data_version: %w", err)
+	}
+	if w.synced && v == w.dataVersion {
+		return nil
+	}
+	var last sql.NullInt64
+	if err := tx.QueryRowContext(ctx, "SELECT max(id) FROM events").Scan(&last); err != nil {
+		return fmt.Errorf("sqlitestore: read last event id: %w", err)
+	}
+	if w.synced {
+		// Names another process's cleanup removed must be inserted again.
+		w.names = make(map[[2]string]struct{})
+	}
+	w.nextID = max(w.nextID, last.Int64+1)
+	w.dataVersion, w.synced = v, true
+	return nil
 }
 
 const maxNameCache = 200000
@@ -177,7 +211,6 @@ func (s *Store) writer() {
 func (s *Store) commit(group []*writeReq) {
 	ctx := context.Background()
 	errs := make([]error, len(group))
-	saved := s.w.nextID
 	tx, err := s.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		err = fmt.Errorf("sqlitestore: begin transaction on %s: %w", s.path, err)
@@ -186,6 +219,14 @@ func (s *Store) commit(group []*writeReq) {
 		}
 		return
 	}
+	if err := s.w.sync(ctx, tx); err != nil {
+		tx.Rollback()
+		for _, r := range group {
+			r.done <- fmt.Errorf("%w (%s)", err, s.path)
+		}
+		return
+	}
+	saved := s.w.nextID
 	live := 0
 	for i, r := range group {
 		if err := r.ctx.Err(); err != nil {

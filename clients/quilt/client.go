@@ -244,13 +244,22 @@ const unaryAttempts = 4
 
 // call runs fn against the leader, re-resolving on Retryable errors.
 func call[T any](ctx context.Context, c *Client, fn func(quiltv1.QueryMasterClient) (T, error)) (T, error) {
+	return callIf(ctx, c, Retryable, fn)
+}
+
+// notLeader is the one error after which an action surely did not run.
+func notLeader(err error) bool {
+	return status.Code(err) == codes.FailedPrecondition && strings.Contains(status.Convert(err).Message(), "not leader")
+}
+
+func callIf[T any](ctx context.Context, c *Client, retry func(error) bool, fn func(quiltv1.QueryMasterClient) (T, error)) (T, error) {
 	var zero T
 	var err error
 	for attempt := 0; attempt < unaryAttempts; attempt++ {
 		qm, addr := c.client()
 		var res T
 		res, err = fn(qm)
-		if err == nil || !Retryable(err) || ctx.Err() != nil {
+		if err == nil || !retry(err) || ctx.Err() != nil {
 			return res, c.explain(err, addr)
 		}
 		if attempt+1 == unaryAttempts {
@@ -340,12 +349,15 @@ func (c *Client) ControlServer(ctx context.Context, source, server string, op qu
 
 // Act sends an action and waits for its result (timeout 0: the master's
 // default). An action the source manager refused comes back as a result
-// with Ok false, not as an error.
+// with Ok false, not as an error. Act is re-sent by itself only when a
+// standby refused it; after UNAVAILABLE or DEADLINE_EXCEEDED the action
+// may or may not have run, and the caller decides (see the relay example,
+// which looks for the echo of its message before sending again).
 func (c *Client) Act(ctx context.Context, a *quiltv1.Action, timeout time.Duration) (*quiltv1.ActionResult, error) {
 	if a.RequestedBy == "" {
 		a.RequestedBy = c.opts.Identity
 	}
-	return call(ctx, c, func(qm quiltv1.QueryMasterClient) (*quiltv1.ActionResult, error) {
+	return callIf(ctx, c, notLeader, func(qm quiltv1.QueryMasterClient) (*quiltv1.ActionResult, error) {
 		return qm.Act(ctx, &quiltv1.ActRequest{Action: a, TimeoutSeconds: int32((timeout + time.Second - 1) / time.Second)})
 	})
 }

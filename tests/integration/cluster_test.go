@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
 
+	quilt "github.com/quilt/quilt/clients/quilt"
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/quiltcore/registrar"
 	"github.com/quilt/quilt/quiltcore/testenv"
@@ -161,20 +162,22 @@ func TestClusterConsulRegistration(t *testing.T) {
 }
 
 // TestClusterFailover: two quilt-qmd on one Consul and leader key, two
-// source managers. Exactly one leads; kill -9 of the leader: the standby
-// leads within 5 s and the source managers re-attach to it.
+// source managers emitting. Exactly one leads; kill -9 of the leader: the
+// standby leads within 5 s, the source managers re-attach to it and replay,
+// and the store holds every event exactly once.
 //
-// Each query master has its own SQLite data dir: the embedded store is a
-// single-process database (HA over a shared store is MongoDB's job), so
-// this test checks leadership and re-attachment, not shared history.
+// Both query masters use one SQLite data dir, as a leader and a standby on
+// one machine would (both open the file; WAL lets them). Across machines
+// the shared store is MongoDB.
 func TestClusterFailover(t *testing.T) {
 	qmdBin, smdBin := binaries(t)
 	consul := testenv.Consul(t)
 	dir := t.TempDir()
 	aAddr, bAddr := loopback(t), loopback(t)
-	sms := []smConf{{Name: "alpha", Servers: []string{"net"}, Rate: 20}, {Name: "beta", Servers: []string{"net"}, Rate: 20}}
-	cfgA := writeConfig(t, filepath.Join(dir, "a"), nodeConf{Registrar: consul, Listen: aAddr, Node: "qa", DataDir: filepath.Join(dir, "a", "data")}, sms...)
-	cfgB := writeConfig(t, filepath.Join(dir, "b"), nodeConf{Registrar: consul, Listen: bAddr, Node: "qb", DataDir: filepath.Join(dir, "b", "data")}, sms...)
+	dataDir := filepath.Join(dir, "data")
+	sms := []smConf{{Name: "alpha", Servers: []string{"net"}, Rate: 200}, {Name: "beta", Servers: []string{"net"}, Rate: 200}}
+	cfgA := writeConfig(t, filepath.Join(dir, "a"), nodeConf{Registrar: consul, Listen: aAddr, Node: "qa", DataDir: dataDir}, sms...)
+	cfgB := writeConfig(t, filepath.Join(dir, "b"), nodeConf{Registrar: consul, Listen: bAddr, Node: "qb", DataDir: dataDir}, sms...)
 
 	qa := startDaemon(t, dir, "quilt-qmd qa", qmdBin, "-config", cfgA)
 	ca := dialMaster(t, aAddr)
@@ -241,6 +244,11 @@ func TestClusterFailover(t *testing.T) {
 		}
 		return len(list) == 2, describeSources(list)
 	}, qb, alpha, beta)
+
+	disableAndSettle(t, cb, [][2]string{{"alpha", "net"}, {"beta", "net"}}, qb, alpha, beta)
+	qb.terminate(30 * time.Second)
+	total := checkExactlyOnce(t, dataDir, "alpha", "beta")
+	t.Logf("FIGURE failover: %d events stored exactly once across the two masters", total)
 }
 
 // TestClusterQMDKill9Replay: two source managers emit continuously; kill
@@ -333,7 +341,24 @@ func TestClusterQMDKill9Replay(t *testing.T) {
 
 	// Stop emission: disabling a server ends its session; its DISCONNECTED
 	// event is the session's last id.
-	for _, ss := range [][2]string{{"alpha", "net1"}, {"alpha", "net2"}, {"beta", "net"}} {
+	disableAndSettle(t, c, [][2]string{{"alpha", "net1"}, {"alpha", "net2"}, {"beta", "net"}}, qmd, alpha, beta)
+	qmd.terminate(30 * time.Second)
+
+	total := checkExactlyOnce(t, dataDir, "alpha", "beta")
+	t.Logf("FIGURE kill -9 replay: %d events in all, each stored once; %d in the store at the kill (%d reported stored a moment before), %d stored by the restarted master before the disable",
+		total, atKill, before, afterRestart)
+	if atKill == 0 || atKill >= total {
+		t.Errorf("the kill did not land mid-stream (%d of %d events stored at the kill)", atKill, total)
+	}
+}
+
+// disableAndSettle disables each source/server through the leader c,
+// waits until all report DISABLED, then until the store stops growing
+// (source managers keep unacknowledged events in memory only, so every
+// daemon in watch must stay up until then).
+func disableAndSettle(t *testing.T, c *quilt.Client, servers [][2]string, watch ...*daemonProc) {
+	t.Helper()
+	for _, ss := range servers {
 		ctx, cancel := rpcCtx()
 		res, err := c.ControlServer(ctx, ss[0], ss[1], quiltv1.ServerControlOp_SERVER_CONTROL_OP_DISABLE)
 		cancel()
@@ -356,24 +381,35 @@ func TestClusterQMDKill9Replay(t *testing.T) {
 				}
 			}
 		}
-		return n == 3, describeSources(list)
-	}, qmd, alpha, beta)
-	// Source managers stop gracefully only once their buffers are acked? No:
-	// they keep unacknowledged events in memory, so wait for the store to
-	// stop growing while everyone is still up, then stop the master.
+		return n == len(servers), describeSources(list)
+	}, watch...)
 	var last uint64
 	stableSince := time.Now()
 	waitFor(t, settleTimeout, "the store to stop growing", func() (bool, string) {
-		n, seen := stored()
+		ctx, cancel := rpcCtx()
+		defer cancel()
+		list, err := c.Sources(ctx, false)
+		if err != nil {
+			return false, err.Error()
+		}
+		var n uint64
+		for _, s := range list {
+			n += s.EventsStored
+		}
 		if n != last {
 			last, stableSince = n, time.Now()
 		}
-		return time.Since(stableSince) > time.Second, seen
-	}, qmd, alpha, beta)
-	qmd.terminate(30 * time.Second)
+		return time.Since(stableSince) > time.Second, describeSources(list)
+	}, watch...)
+}
 
+// checkExactlyOnce reads the store of a stopped query master: every
+// session of every source must be stored as ids 1..N, each once, ending
+// with the DISCONNECTED that closed it. It returns the number of events.
+func checkExactlyOnce(t *testing.T, dataDir string, sources ...string) int {
+	t.Helper()
 	total := 0
-	for _, source := range []string{"alpha", "beta"} {
+	for _, source := range sources {
 		sessions := readStore(t, dataDir, source)
 		if len(sessions) == 0 {
 			t.Fatalf("no events of %s in the store", source)
@@ -391,11 +427,7 @@ func TestClusterQMDKill9Replay(t *testing.T) {
 			total += s.distinct
 		}
 	}
-	t.Logf("FIGURE kill -9 replay: %d events in all, each stored once; %d in the store at the kill (%d reported stored a moment before), %d stored by the restarted master before the disable",
-		total, atKill, before, afterRestart)
-	if atKill == 0 || atKill >= total {
-		t.Errorf("the kill did not land mid-stream (%d of %d events stored at the kill)", atKill, total)
-	}
+	return total
 }
 
 // TestClusterEmbeddedSingleNode: no Consul. quilt-qmd serves the embedded

@@ -249,10 +249,11 @@ func check(req *quiltv1.QueryRequest) error {
 
 // run is one query in progress: it counts rows and keeps the record.
 type run struct {
-	s      *Server
-	stream quiltv1.QueryMaster_QueryServer
-	rec    *quiltv1.QueryRecord
-	start  time.Time
+	running chan struct{} // closed when the running record is written
+	s       *Server
+	stream  quiltv1.QueryMaster_QueryServer
+	rec     *quiltv1.QueryRecord
+	start   time.Time
 }
 
 func (r *run) send(res *quiltv1.QueryResult) error {
@@ -275,9 +276,16 @@ func (r *run) problem(p *quiltv1.SourceProblem) error {
 // record stores the record; history is best effort, a query still
 // answers when the store cannot record it.
 func (r *run) record() {
+	if r.running != nil {
+		<-r.running
+	}
+	r.put(proto.Clone(r.rec).(*quiltv1.QueryRecord))
+}
+
+func (r *run) put(rec *quiltv1.QueryRecord) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := r.s.opts.Store.PutQuery(ctx, proto.Clone(r.rec).(*quiltv1.QueryRecord)); err != nil {
+	if err := r.s.opts.Store.PutQuery(ctx, rec); err != nil {
 		r.s.log.Warn("recording query history", "query_id", r.rec.Id, "err", err)
 	}
 }
@@ -313,7 +321,15 @@ func (s *Server) Query(req *quiltv1.QueryRequest, stream quiltv1.QueryMaster_Que
 		return err
 	}
 	rec.Kind = resolved.Kind
-	r.record()
+	// The running record is written beside the query, not before it, so
+	// history costs the answer no store round trip; finish waits for it so
+	// the final record always lands last.
+	snapshot := proto.Clone(rec).(*quiltv1.QueryRecord)
+	r.running = make(chan struct{})
+	go func() {
+		defer close(r.running)
+		r.put(snapshot)
+	}()
 	err = s.execute(ctx, r, resolved)
 	r.finish(err)
 	return err

@@ -101,7 +101,6 @@ func (c *Client) Run(ctx context.Context, emit runtime.Emitter, connected func(s
 	}
 	close(c.ready)
 	self := c.set.UserID
-	connected(&quiltv1.User{Transient: self, Persistent: self, Group: self, Display: localpart(self), Self: true})
 
 	first := true
 	failures := 0
@@ -149,6 +148,12 @@ func (c *Client) Run(ctx context.Context, emit runtime.Emitter, connected func(s
 		c.mu.Lock()
 		c.synced++
 		c.mu.Unlock()
+		if first {
+			// Connected only now: the runtime then joins the configured
+			// rooms, and those joins must arrive as live JOINs, not inside
+			// the initial sync, whose timelines are history.
+			connected(&quiltv1.User{Transient: self, Persistent: self, Group: self, Display: localpart(self), Self: true})
+		}
 		first = false
 		c.joinInvites(ctx, res.Invites)
 	}

@@ -348,7 +348,7 @@ func TestLogin(t *testing.T) {
 		token string
 		ok    bool
 	}{{"good-token", true}, {"stale-token", false}} {
-		f := newFakeHS(t)
+		f := newFakeHS(t, "sync_04_invited.json")
 		srv := testServer(func(m *config.MatrixSettings) {
 			m.Password = config.Secret{}
 			m.AccessToken = config.NewSecret(tc.token)

@@ -5,10 +5,12 @@
 // # Session
 //
 // A Client logs in with the access token (checked with /whoami) or the
-// password of its [server] section, reports CONNECTED, then long-polls
-// /sync with the configured sync_timeout. The runtime joins the configured
-// rooms (ids or aliases) through Do(JOIN) once connected; invites are joined
-// when auto_join_invites is set. Every HTTP request goes through
+// password of its [server] section, makes a first /sync (timeout 0) and
+// only then reports CONNECTED, then long-polls /sync with the configured
+// sync_timeout. The runtime joins the configured rooms (ids or aliases)
+// through Do(JOIN) once connected, so those joins come back as live JOIN
+// events and not inside the initial sync; invites are joined when
+// auto_join_invites is set. Every HTTP request goes through
 // ClientDeps.HTTP.
 //
 // # Resume position

@@ -131,7 +131,8 @@ daemon_start() {
 		chown "$QUILT_USER" "$(dirname "$pidfile")" "$(dirname "$logfile")" 2>/dev/null
 		touch "$logfile" && chown "$QUILT_USER" "$logfile"
 	fi
-	offset=$(($(wc -c <"$logfile" 2>/dev/null || echo 0) + 1))
+	offset=1
+	[ -f "$logfile" ] && offset=$(($(wc -c <"$logfile") + 1))
 	run=
 	[ -n "${QUILT_USER:-}" ] && run="runuser -u $QUILT_USER --"
 	# Detach: setsid gives the daemon its own session, so the terminal

@@ -38,10 +38,15 @@ deps: ## install the Debian packages tests and the demo need (apt-get, only when
 # generated code and formatting, vets, then runs every test with the race
 # detector. Tests needing a real server skip when it is missing, except under
 # CI=true, where they fail.
-test: deps tools proto-check fmt-check vet test-go ## everything CI runs
+test: deps tools dendrite proto-check fmt-check vet test-go ## everything CI runs
+
+# Under CI every real-server test must run: the Matrix tests fail instead of
+# skipping when Dendrite is missing.
+QUILT_REQUIRE_DENDRITE ?= $(if $(filter true,$(CI)),1,)
+export QUILT_REQUIRE_DENDRITE
 
 test-go: ## go test -race on every package (no installs)
-	QUILT_CONSUL_BIN=$(CONSUL_BIN) QUILT_FERRETDB_BIN=$(FERRETDB_BIN) \
+	QUILT_CONSUL_BIN=$(CONSUL_BIN) QUILT_FERRETDB_BIN=$(FERRETDB_BIN) QUILT_DENDRITE_BIN_DIR=$(DENDRITE_BIN_DIR) \
 	  $(GO) test -race -count=1 -timeout 30m -tags '$(BUILD_TAGS)' ./...
 
 bench: ## run every benchmark group (bench-store, bench-runtime, bench-qm, ...)

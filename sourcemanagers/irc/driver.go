@@ -37,6 +37,12 @@ func (Driver) TLSConfig(s *config.Server) *tls.Config {
 
 // NewSession maps the [server] settings onto a session.
 func (Driver) NewSession(cfg runtime.SessionConfig) runtime.Session {
+	if c := cfg.Server.IRC; c.TLS && !c.TLSVerify && cfg.Logger != nil {
+		// Said at every connection, not once: an operator tailing the log
+		// after a reconnect must still see that the link is unauthenticated.
+		cfg.Logger.Warn("irc: TLS certificate verification is OFF for this server (tls_verify = false): anyone on the network path can impersonate it",
+			"server", cfg.Server.Name, "host", c.Host)
+	}
 	return NewSession(cfg, SettingsFrom(cfg.Server))
 }
 

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/quilt/quilt/quiltcore/config"
 	"github.com/quilt/quilt/quiltcore/store"
+	"github.com/quilt/quilt/quiltcore/store/mongostore"
 	"github.com/quilt/quilt/quiltcore/store/sqlitestore"
 )
 
@@ -17,10 +20,22 @@ func openSQLite(dir string, log *slog.Logger) (store.Store, error) {
 	return s, nil
 }
 
-// openMongo: the MongoDB store (quiltcore/store/mongostore) had not landed
-// when this main was written; until it is wired here a configured URI
-// stops the daemon with a clear error rather than silently using SQLite.
-func openMongo(cfg *config.Config, _ *slog.Logger) (store.Store, error) {
-	return nil, fmt.Errorf("%s: [mongodb] uri %s is set, but this quilt-qmd has no MongoDB store yet; remove the uri to use the embedded store",
-		cfg.File, cfg.MongoDB.RedactedURI())
+// openMongo connects to [mongodb] uri; the store's errors already name the
+// host and redact credentials.
+func openMongo(cfg *config.Config, log *slog.Logger) (store.Store, error) {
+	mc := cfg.MongoDB
+	ctx, cancel := context.WithTimeout(context.Background(), mc.Timeout+5*time.Second)
+	defer cancel()
+	s, err := mongostore.Open(ctx, mongostore.Options{
+		URI:      mc.URI,
+		Database: mc.Database,
+		Username: mc.Username,
+		Password: mc.Password.Reveal(),
+		Timeout:  mc.Timeout,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.File, err)
+	}
+	return s, nil
 }

@@ -12,3 +12,13 @@ bench-queries: ## query benchmarks: events/lastseen p50/p99 over 1M events, live
 	QUILT_BENCH_QUERIES=1 QUILT_BENCH_EVENTS=$(QUERY_BENCH_EVENTS) QUILT_BENCH_DIR=$(abspath $(CACHE))/bench-queries \
 	  $(GO) test -tags '$(BUILD_TAGS)' -count=1 -timeout 30m -run '^TestQueryLatency$$' -v ./querymaster/query \
 	  | grep -E '^bench-queries:|stored|FAIL|ok'
+
+# bench-relay runs the relay example on a real ngircd (MaxPenaltyTime 0, the
+# relay's IRC throttle 0) through IRC driver, source manager, query master
+# and client library: a 5000-message blast (whole, in order, no duplicates;
+# msgs/s) and p50/p99 latency from the sender's write to the receiver's read
+# at 50 msgs/s. Needs ngircd (make ngircd or Debian's package).
+.PHONY: bench-relay
+bench-relay: ## relay benchmark on a real ngircd: blast msgs/s, p50/p99 latency at 50 msgs/s
+	QUILT_BENCH_RELAY=1 $(GO) test -tags '$(BUILD_TAGS)' -count=1 -timeout 10m -run '^TestRelayBench$$' -v ./clients/examples/relay \
+	  | grep -E '^bench-relay:|FAIL|ok|SKIP'

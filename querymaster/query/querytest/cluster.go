@@ -77,6 +77,7 @@ type Cluster struct {
 	stopRun  context.CancelFunc
 	runDone  chan struct{}
 	managers map[string]*managerRun
+	drivers  map[string][]runtime.Driver
 }
 
 type managerRun struct {
@@ -282,14 +283,36 @@ func (c *Cluster) AddSource(s Source) *runtime.Manager {
 	return c.StartSource(s.Name)
 }
 
+// AddSourceFile writes smd.d/NAME.cfg with any protocol and runs it with
+// the given drivers (for example irc.Driver{} against a real ngircd).
+func (c *Cluster) AddSourceFile(name, content string, drivers ...runtime.Driver) *runtime.Manager {
+	path := filepath.Join(c.Dir, "smd.d", name+".cfg")
+	if err := os.WriteFile(path, []byte(content), 0o640); err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	if c.drivers == nil {
+		c.drivers = map[string][]runtime.Driver{}
+	}
+	c.drivers[name] = drivers
+	c.mu.Unlock()
+	return c.StartSource(name)
+}
+
 // StartSource runs the source manager of smd.d/NAME.cfg.
 func (c *Cluster) StartSource(name string) *runtime.Manager {
+	c.mu.Lock()
+	drivers := c.drivers[name]
+	c.mu.Unlock()
+	if drivers == nil {
+		drivers = []runtime.Driver{testdriver.Driver{}}
+	}
 	cfg, err := config.LoadSourceManager(filepath.Join(c.Dir, "smd.d", name+".cfg"))
 	if err != nil {
 		c.t.Fatalf("querytest: %v", err)
 	}
 	m, err := runtime.New(runtime.Options{
-		Config: cfg, Drivers: []runtime.Driver{testdriver.Driver{}}, Target: c.Addr,
+		Config: cfg, Drivers: drivers, Target: c.Addr,
 		Logger: c.opts.Logger, Node: "node-" + name,
 		Link: runtime.LinkOptions{ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond, BatchDelay: time.Millisecond},
 	})

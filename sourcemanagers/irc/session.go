@@ -139,6 +139,10 @@ type Session struct {
 
 	channels map[string]*channel // by folded name
 	accounts map[string]string   // folded nick -> account (account-notify)
+	uhCache  map[string]string   // source prefix -> "user@host"
+	// lineHasTags: the line being handled starts with IRCv3 tags; AllTags
+	// allocates a map even when there are none.
+	lineHasTags bool
 
 	lastRecv   time.Time
 	pingSent   time.Time
@@ -167,6 +171,7 @@ func NewSession(cfg runtime.SessionConfig, set Settings) *Session {
 		chanModes:   [4]string{"beI", "k", "l", "imnpst"},
 		channels:    map[string]*channel{},
 		accounts:    map[string]string{},
+		uhCache:     map[string]string{},
 	}
 }
 
@@ -200,27 +205,32 @@ func (s *Session) Input(now time.Time, data []byte) runtime.Output {
 	var out runtime.Output
 	s.lastRecv = now
 	s.buf = append(s.buf, data...)
+	end := lastIndexByte(s.buf, '\n')
 	start := 0
-	for {
-		i := indexByte(s.buf[start:], '\n')
-		if i < 0 {
-			break
-		}
-		line := s.buf[start : start+i]
-		start += i + 1
-		if n := len(line); n > 0 && line[n-1] == '\r' {
-			line = line[:n-1]
-		}
-		if len(line) == 0 {
-			continue
-		}
-		if len(line) > maxInputLine {
-			s.log.Warn("irc: dropping over-long line", "bytes", len(line))
-			continue
-		}
-		s.handleLine(now, string(line), &out)
-		if out.Close != nil {
-			break
+	if end >= 0 {
+		// One string for every complete line of the chunk: lines and the
+		// parsed messages are substrings of it, so parsing allocates no copy
+		// per line.
+		chunk := string(s.buf[:end+1])
+		start = end + 1
+		for len(chunk) > 0 {
+			i := strings.IndexByte(chunk, '\n')
+			line := chunk[:i]
+			chunk = chunk[i+1:]
+			if n := len(line); n > 0 && line[n-1] == '\r' {
+				line = line[:n-1]
+			}
+			if len(line) == 0 {
+				continue
+			}
+			if len(line) > maxInputLine {
+				s.log.Warn("irc: dropping over-long line", "bytes", len(line))
+				continue
+			}
+			s.handleLine(now, line, &out)
+			if out.Close != nil {
+				break
+			}
 		}
 	}
 	// keep the unfinished tail, compacting so the buffer does not grow
@@ -234,6 +244,15 @@ func (s *Session) Input(now time.Time, data []byte) runtime.Output {
 	s.buf = s.buf[:rest]
 	out.NextTick = s.nextTick(now)
 	return out
+}
+
+func lastIndexByte(b []byte, c byte) int {
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] == c {
+			return i
+		}
+	}
+	return -1
 }
 
 func indexByte(b []byte, c byte) int {
@@ -304,6 +323,7 @@ func sendMsg(out *runtime.Output, m ircmsg.Message) {
 }
 
 func (s *Session) handleLine(now time.Time, line string, out *runtime.Output) {
+	s.lineHasTags = line[0] == '@'
 	m, err := ircmsg.ParseLine(line)
 	if err != nil {
 		s.log.Debug("irc: unparsable line", "err", err)
@@ -506,7 +526,7 @@ func (s *Session) user(m *ircmsg.Message) *quiltv1.User {
 	}
 	u := &quiltv1.User{Transient: nuh.Name, Display: nuh.Name, Group: nuh.Name}
 	if nuh.User != "" || nuh.Host != "" {
-		u.Persistent = nuh.User + "@" + nuh.Host
+		u.Persistent = s.userhost(m.Source, nuh)
 	}
 	f := s.cm.fold(nuh.Name)
 	if ok, acct := m.GetTag("account"); ok && acct != "" {
@@ -522,6 +542,21 @@ func (s *Session) user(m *ircmsg.Message) *quiltv1.User {
 		}
 	}
 	return u
+}
+
+// userhost returns "user@host" for a source prefix, from a small cache: a
+// busy channel repeats the same few prefixes, and building the string for
+// every line was a measurable share of the inbound cost.
+func (s *Session) userhost(source string, nuh ircmsg.NUH) string {
+	if v, ok := s.uhCache[source]; ok {
+		return v
+	}
+	v := nuh.User + "@" + nuh.Host
+	if len(s.uhCache) >= 4096 {
+		clear(s.uhCache)
+	}
+	s.uhCache[source] = v
+	return v
 }
 
 // knownUser names a user we only know by nick (a KICK target), with what the
@@ -563,8 +598,12 @@ func (s *Session) emit(out *runtime.Output, now time.Time, m *ircmsg.Message, ev
 			ev.Id = "msgid:" + id
 		}
 	}
-	ev.Time = timestamppb.New(t)
 	ev.Received = timestamppb.New(now)
+	if t.Equal(now) {
+		ev.Time = ev.Received // no server-time: one message serves both
+	} else {
+		ev.Time = timestamppb.New(t)
+	}
 	out.Events = append(out.Events, ev)
 }
 
@@ -738,8 +777,8 @@ func (s *Session) handleMessage(now time.Time, m *ircmsg.Message, out *runtime.O
 		ev.Private = true
 		ev.TargetUser = s.selfUser()
 	}
-	if tags := m.AllTags(); len(tags) > 0 {
-		ev.Tags = tags
+	if s.lineHasTags {
+		ev.Tags = m.AllTags()
 	}
 	s.emit(out, now, m, ev)
 }

@@ -22,7 +22,7 @@ import (
 const ev = quiltv1.EventKind_EVENT_KIND_MESSAGE
 
 type ircCluster struct {
-	t   *testing.T
+	t   testing.TB
 	srv *testenv.IRCServer
 	c   *querytest.Cluster
 	st  store.Store
@@ -31,8 +31,12 @@ type ircCluster struct {
 // startIRCCluster runs a real ngircd, an in-process query master on the
 // SQLite store, and an IRC source manager "irc" with server "local" that
 // joins #quilt and #ops.
-func startIRCCluster(t *testing.T) *ircCluster {
-	srv := testenv.StartIRCServer(t, testenv.NGIRCdOptions{})
+func startIRCCluster(t testing.TB) *ircCluster {
+	return startIRCClusterWith(t, testenv.NGIRCdOptions{}, "100ms")
+}
+
+func startIRCClusterWith(t testing.TB, opts testenv.NGIRCdOptions, throttle string) *ircCluster {
+	srv := testenv.StartIRCServer(t, opts)
 	st, err := sqlitestore.Open(t.TempDir(), sqlitestore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -48,12 +52,12 @@ port = %s
 tls = false
 nick = quiltbot
 channels = #quilt, #ops
-throttle = 100ms
+throttle = %s
 throttle_burst = 10
 reconnect_min = 200ms
 reconnect_max = 1s
 ping_interval = 30s
-`, host, port)
+`, host, port, throttle)
 	path := filepath.Join(c.Dir, "smd.d", "irc.cfg")
 	if err := os.WriteFile(path, []byte(cfgText), 0o640); err != nil {
 		t.Fatal(err)
@@ -234,4 +238,22 @@ func TestIRCReconnectsAfterServerRestart(t *testing.T) {
 	if n, _ := ic.st.CountEvents(context.Background(), &quiltv1.EventFilter{Text: "before the restart"}); n != 1 {
 		t.Fatalf("message before the restart stored %d times", n)
 	}
+}
+
+// BenchmarkNGIRCdToStore measures messages per second from a real IRC
+// client, through an unthrottled ngircd, the IRC source manager, the link
+// and the query master, into the SQLite store (counted when stored).
+func BenchmarkNGIRCdToStore(b *testing.B) {
+	ic := startIRCClusterWith(b, testenv.NGIRCdOptions{Unthrottled: true}, "0s")
+	alice := testenv.DialIRC(b, ic.srv.Addr, "alice")
+	alice.Join("#quilt")
+	f := &quiltv1.EventFilter{Sources: []string{"irc"}, Channel: "#quilt", Kinds: []quiltv1.EventKind{ev}}
+	before, _ := ic.st.CountEvents(context.Background(), f)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		alice.Send(fmt.Sprintf("PRIVMSG #quilt :benchmark line %d with some ordinary chat text", i))
+	}
+	ic.c.WaitEvents(5*time.Minute, f, before+int64(b.N))
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }

@@ -16,6 +16,9 @@ DEFAULT_PKGS=(
   gcc libc6-dev make git ca-certificates   # cgo (go-sqlite3), builds
   protobuf-compiler                        # make proto / proto-check
   ngircd                                   # IRC integration tests (quiltcore/testenv, testservers.sh irc)
+  prosody lua-unbound                      # XMPP integration tests
+  dovecot-imapd                            # IMAP integration tests
+  bzflag-server                            # BZFlag integration tests (bzfs)
   curl jq openssl                          # testservers.sh consul/matrix start and verify
   util-linux                               # flock, setpriv, setsid
 )

@@ -185,23 +185,45 @@ func (c *Client) userProto(nick string) *quiltv1.User {
 	return &quiltv1.User{Transient: nick, Persistent: nick + "@test", Display: nick, Group: nick}
 }
 
-// messages emits n MESSAGE events round-robin over users and channels.
+// emitChunk bounds the events one Emit call carries. A real session hands
+// the runtime what one read from its network decoded, a few hundred events
+// at most; emitting a large "emit N" as one slice would instead build all N
+// before the first left (no overlap with the link, and a heap of N events).
+const emitChunk = 512
+
+// messages emits n MESSAGE events round-robin over users and channels, in
+// chunks of emitChunk.
 func (c *Client) messages(ctx context.Context, n int) error {
+	for n > 0 {
+		k := min(n, emitChunk)
+		evs := c.messageChunk(k)
+		if evs == nil {
+			return nil
+		}
+		if err := c.send(ctx, evs...); err != nil {
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+// messageChunk builds k messages, or nil when there is no user or channel.
+func (c *Client) messageChunk(k int) []*quiltv1.Event {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if len(c.users) == 0 || len(c.chanList) == 0 {
-		c.mu.Unlock()
 		return nil
 	}
 	now := c.now()
-	evs := make([]*quiltv1.Event, n)
+	evs := make([]*quiltv1.Event, k)
 	for i := range evs {
 		u := c.users[c.rr%len(c.users)]
 		ch := c.chanList[c.rr%len(c.chanList)]
 		c.rr++
 		evs[i] = model.NewMessage(now, &quiltv1.User{Transient: u}, ch, "message "+strconv.Itoa(c.rr))
 	}
-	c.mu.Unlock()
-	return c.send(ctx, evs...)
+	return evs
 }
 
 // join emits the bot's join of channel and its member list.

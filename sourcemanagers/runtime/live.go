@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"sort"
+	"strings"
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/quiltcore/model"
@@ -120,6 +121,14 @@ func (s *Server) channelNamesLocked(only string) []string {
 	if only != "" {
 		if _, ok := s.channels[only]; ok {
 			return []string{only}
+		}
+		// Operators name channels as they configured them: a Matrix room by
+		// its alias (#room:server) while events carry the room id, an IRC
+		// channel in another case than the server's.
+		for n, c := range s.channels {
+			if strings.EqualFold(n, only) || (c.info != nil && c.info.CanonicalAlias != "" && strings.EqualFold(c.info.CanonicalAlias, only)) {
+				return []string{n}
+			}
 		}
 		return nil
 	}

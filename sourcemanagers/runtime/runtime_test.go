@@ -223,6 +223,15 @@ func TestAutoJoinAndUserMap(t *testing.T) {
 	if len(r.Members) != 2 || r.Members[0].Member.User.Transient != "alicia" || fmt.Sprint(r.Members[0].Member.Modes) != "[v o]" {
 		t.Fatalf("members reply %v", r)
 	}
+	// operators name channels in their own case, or by a room's alias
+	if r := h.m.Query(&quiltv1.LiveQuery{Kind: quiltv1.LiveQueryKind_LIVE_QUERY_KIND_MEMBERS, Channel: "#A"}); len(r.Members) != 2 || r.Members[0].Channel != "#a" {
+		t.Fatalf("members by channel name in another case: %v", r)
+	}
+	p.Send("ALIAS bot #a #room-a:example.org")
+	h.rec.next(t, quiltv1.EventKind_EVENT_KIND_CHANNEL_INFO)
+	if r := h.m.Query(&quiltv1.LiveQuery{Kind: quiltv1.LiveQueryKind_LIVE_QUERY_KIND_MEMBERS, Channel: "#room-a:example.org"}); len(r.Members) != 2 || r.Members[0].Channel != "#a" {
+		t.Fatalf("members by canonical alias: %v", r)
+	}
 	r = h.m.Query(&quiltv1.LiveQuery{Kind: quiltv1.LiveQueryKind_LIVE_QUERY_KIND_CHANNELS})
 	if len(r.Channels) != 2 || r.Channels[0].Info.Topic != "the topic" || r.Channels[0].Info.TopicSetBy != "bot" || r.Channels[0].Info.MemberCount != 2 {
 		t.Fatalf("channels reply %v", r)

@@ -167,6 +167,10 @@ func (s *ScriptSession) step(now time.Time, l string) runtime.Output {
 	case "TOPIC":
 		e = ev(quiltv1.EventKind_EVENT_KIND_TOPIC, arg(1))
 		e.Channel, e.Text = arg(2), rest(3)
+	case "ALIAS": // ALIAS user #channel #alias:server — a room's canonical alias
+		e = ev(quiltv1.EventKind_EVENT_KIND_CHANNEL_INFO, arg(1))
+		e.Channel = arg(2)
+		e.ChannelInfo = &quiltv1.ChannelInfo{Name: arg(2), CanonicalAlias: arg(3)}
 	case "PING":
 		return runtime.Output{Send: [][]byte{line("PONG " + arg(1))}, Lag: 5 * time.Millisecond}
 	case "CLOSE":

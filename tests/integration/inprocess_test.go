@@ -1,7 +1,7 @@
 // Package integration holds end-to-end tests of quilt: in-process ones
 // (runtime with the test driver → link → query master → SQLite store, over
 // bufconn, no sockets) and ones that run the real binaries with real Consul
-// (binaries_test.go; skipped unless the tools are there, required when
+// (cluster_test.go; skipped unless the tools are there, required when
 // CI=true).
 package integration
 

@@ -234,6 +234,12 @@ func (d SocketDialer) dialOne(ctx context.Context, addr string, opts DialOptions
 		tc := tls.Client(nc, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			_ = nc.Close()
+			var rhe tls.RecordHeaderError
+			if errors.As(err, &rhe) {
+				// The commonest misconfiguration: TLS (the default) against a
+				// plain-text port.
+				return nil, fmt.Errorf("tls handshake with %s: %w (the server answered in plain text: is this a non-TLS port? set tls = false or use the TLS port)", addr, err)
+			}
 			return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
 		}
 		rw = tc

@@ -318,3 +318,27 @@ func TestDialAsync(t *testing.T) {
 		t.Fatal("DialAsync did not report Failed")
 	}
 }
+
+// TLS against a plain-text server (the IRC default tls = true on port 6667)
+// must say what is wrong, not only quote the record header.
+func TestTLSAgainstPlainTextServerHints(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte(":irc.example NOTICE * :*** Looking up your hostname...\r\n"))
+		time.Sleep(100 * time.Millisecond)
+	}()
+	_, err = transport.Dial(context.Background(), []string{ln.Addr().String()},
+		transport.DialOptions{TLS: &tls.Config{}, MaxAttempts: 1})
+	if err == nil || !strings.Contains(err.Error(), "tls = false") {
+		t.Fatalf("want a hint to set tls = false, got %v", err)
+	}
+}

@@ -212,7 +212,7 @@ func headerFor(kind string) *table {
 	case "servers":
 		return newTable("SOURCE", "SERVER", "STATE", "SINCE", "LAG", "ADDRESS", "CHANNELS", "ERROR")
 	case "events":
-		return newTable("TIME", "SOURCE", "SERVER", "CHANNEL", "KIND", "USER", "TEXT")
+		return newTable("TIME", "SOURCE", "SERVER", "CHANNEL", "KIND", "NICK", "USER", "TEXT")
 	case "lastseen":
 		return newTable("USER", "SEEN", "SOURCE", "SERVER", "CHANNEL", "KIND", "LAST SAID")
 	case "sources":
@@ -248,7 +248,8 @@ func rowCells(res *quiltv1.QueryResult) []string {
 			strconv.Itoa(int(s.GetChannels())), dash(s.GetLastError())}
 	case *quiltv1.QueryResult_Event:
 		e := r.Event
-		return []string{fmtTime(e.Time.AsTime()), e.Source, e.Server, dash(e.Channel), model.KindName(e.Kind), dash(e.GetUser().GetTransient()), e.Text}
+		return []string{fmtTime(e.Time.AsTime()), e.Source, e.Server, dash(e.Channel), model.KindName(e.Kind),
+			dash(e.GetUser().GetTransient()), dash(e.GetUser().GetPersistent()), e.Text}
 	case *quiltv1.QueryResult_LastSeen:
 		l := r.LastSeen
 		said := "-"

@@ -40,7 +40,7 @@ func (a *app) smAddCmd() *cobra.Command {
 		Use:   "add NAME --protocol P [--server NAME] [--set key=value]...",
 		Short: "Write a new validated smd.d/NAME.cfg",
 		Long: `sm add writes [source_managers] config_dir/NAME.cfg for a new source manager,
-then 'quilt-smd -name NAME' (or the init script) runs it.
+then 'quilt-smd NAME' (or the init script: /etc/init.d/quilt-smd start NAME) runs it.
 
 --set key=value sets a key: protocol, enabled, connection_cycle and
 description go above the sections, anything else into [server SERVER]
@@ -74,7 +74,7 @@ Example:
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(a.stdout, "wrote %s; start it with quilt-smd -name %s (or the init script: quilt-smd start %s)\n", path, name, name)
+			fmt.Fprintf(a.stdout, "wrote %s; start it with quilt-smd %s (or the init script: /etc/init.d/quilt-smd start %s)\n", path, name, name)
 			return nil
 		},
 	}

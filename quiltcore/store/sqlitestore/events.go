@@ -3,6 +3,7 @@ package sqlitestore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"sort"
 	"strings"
@@ -25,17 +26,23 @@ func (s *Store) InsertEvents(ctx context.Context, source string, events []*quilt
 	if err != nil {
 		return store.InsertResult{}, err
 	}
-	// Encode outside the writer: it is the only CPU work that needs no lock.
-	data := make([][]byte, len(events))
+	// Everything that needs no lock is done here, beside other callers,
+	// so the single writer only binds values and steps statements.
+	prep := make([]preparedEvent, len(events))
 	for i, e := range events {
-		if data[i], err = proto.Marshal(e); err != nil {
+		p := &prep[i]
+		if p.data, err = proto.Marshal(e); err != nil {
 			return store.InsertResult{}, fmt.Errorf("sqlitestore: encode event %q of source %q: %w", e.GetId(), source, err)
 		}
+		p.timeNS = storeutil.TimeNS(e)
+		p.ukey = storeutil.UserKey(e.GetUser())
+		p.names = storeutil.Names(e.GetUser())
+		p.msg = storeutil.IsMessage(e.GetKind())
 	}
 	var res store.InsertResult
-	err = s.write(ctx, func(tx *sql.Tx) error {
+	err = s.write(ctx, func(c *wconn) error {
 		res = store.InsertResult{}
-		return s.insertTx(ctx, tx, source, events, data, cursors, &res)
+		return s.insertTx(c, source, events, prep, cursors, &res)
 	})
 	if err != nil {
 		return store.InsertResult{}, fmt.Errorf("sqlitestore: insert %d events from source %q: %w", len(events), source, err)
@@ -43,48 +50,54 @@ func (s *Store) InsertEvents(ctx context.Context, source string, events []*quilt
 	return res, nil
 }
 
-func (s *Store) insertTx(ctx context.Context, tx *sql.Tx, source string, events []*quiltv1.Event, data [][]byte, cursors []*quiltv1.Cursor, res *store.InsertResult) error {
+// preparedEvent is what InsertEvents computes for an event before queueing
+// the write.
+type preparedEvent struct {
+	data   []byte
+	timeNS int64
+	ukey   string
+	names  []string
+	msg    bool
+}
+
+// The multi-row INSERTs of a batch: one statement per table per chunk of
+// rows instead of one per row.
+var (
+	insProcessed = newMultiRow("INSERT INTO processed(source, id, processed_at) VALUES ", 3, " ON CONFLICT DO NOTHING RETURNING id")
+	insEvents    = newMultiRow("INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data) VALUES ", 10, "")
+	insUsers     = newMultiRow("INSERT INTO event_users(name, time_ns, ev, ukey, msg) VALUES ", 5, " ON CONFLICT DO NOTHING")
+	insNames     = newMultiRow("INSERT INTO user_names(name, ukey) VALUES ", 2, " ON CONFLICT DO NOTHING")
+	insFTS       = newMultiRow("INSERT INTO events_fts(rowid, text) VALUES ", 2, "")
+)
+
+func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep []preparedEvent, cursors []*quiltv1.Cursor, res *store.InsertResult) error {
 	now := time.Now().UnixNano()
 	if len(events) > 0 {
-		args := make([]any, 0, 3*len(events))
+		args := make([]driver.Value, 0, 3*len(events))
 		for _, e := range events {
 			args = append(args, source, e.GetId(), now)
 		}
 		fresh := make(map[string]bool, len(events))
-		n := len(events)
-		for off := 0; off < n; {
-			size := 1
-			for _, c := range chunkSizes {
-				if c <= n-off {
-					size = c
-					break
+		err := insProcessed.chunks(args, func(q string, vals []driver.Value) error {
+			return c.queryValues(q, vals, func(d []driver.Value) error {
+				switch id := d[0].(type) {
+				case string:
+					fresh[id] = true
+				case []byte:
+					fresh[string(id)] = true
+				default:
+					return fmt.Errorf("processed id returned as %T", d[0])
 				}
-			}
-			st, err := s.stmt(ctx, tx, rowsSQL("INSERT INTO processed(source, id, processed_at) VALUES ", 3, size, " ON CONFLICT DO NOTHING RETURNING id"))
-			if err != nil {
-				return err
-			}
-			rows, err := st.QueryContext(ctx, args[off*3:(off+size)*3]...)
-			if err != nil {
-				return err
-			}
-			for rows.Next() {
-				var id string
-				if err := rows.Scan(&id); err != nil {
-					rows.Close()
-					return err
-				}
-				fresh[id] = true
-			}
-			if err := rows.Close(); err != nil {
-				return err
-			}
-			off += size
+				return nil
+			})
+		})
+		if err != nil {
+			return err
 		}
-		evArgs := make([]any, 0, 10*len(events))
-		userArgs := make([]any, 0, 5*2*len(events))
-		nameArgs := []any(nil)
-		ftsArgs := make([]any, 0, 2*len(events))
+		evArgs := make([]driver.Value, 0, 10*len(events))
+		userArgs := make([]driver.Value, 0, 5*3*len(events))
+		nameArgs := []driver.Value(nil)
+		ftsArgs := make([]driver.Value, 0, 2*len(events))
 		for i, e := range events {
 			if !fresh[e.GetId()] {
 				res.Duplicates = append(res.Duplicates, e.GetId())
@@ -93,24 +106,23 @@ func (s *Store) insertTx(ctx context.Context, tx *sql.Tx, source string, events 
 			// A repeated id within the batch is a duplicate of its first
 			// occurrence.
 			delete(fresh, e.GetId())
+			p := &prep[i]
 			id := s.w.nextID
 			s.w.nextID++
-			t := storeutil.TimeNS(e)
-			ukey := storeutil.UserKey(e.GetUser())
-			evArgs = append(evArgs, id, source, e.GetId(), e.GetServer(), e.GetChannel(), int64(e.GetKind()), t, ukey, e.GetText(), data[i])
-			msg := 0
-			if storeutil.IsMessage(e.GetKind()) {
+			evArgs = append(evArgs, id, source, e.GetId(), e.GetServer(), e.GetChannel(), int64(e.GetKind()), p.timeNS, p.ukey, e.GetText(), p.data)
+			msg := int64(0)
+			if p.msg {
 				msg = 1
 			}
-			for _, n := range storeutil.Names(e.GetUser()) {
-				userArgs = append(userArgs, n, t, id, ukey, msg)
-				k := [2]string{n, ukey}
+			for _, n := range p.names {
+				userArgs = append(userArgs, n, p.timeNS, id, p.ukey, msg)
+				k := [2]string{n, p.ukey}
 				if _, ok := s.w.names[k]; !ok {
 					if len(s.w.names) >= maxNameCache {
 						s.w.names = make(map[[2]string]struct{})
 					}
 					s.w.names[k] = struct{}{}
-					nameArgs = append(nameArgs, n, ukey)
+					nameArgs = append(nameArgs, n, p.ukey)
 				}
 			}
 			if s.hasFTS && e.GetText() != "" {
@@ -118,26 +130,24 @@ func (s *Store) insertTx(ctx context.Context, tx *sql.Tx, source string, events 
 			}
 			res.Stored++
 		}
-		if err := s.execRows(ctx, tx, "INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data) VALUES ", 10, "", evArgs); err != nil {
+		if err := insEvents.exec(c, evArgs); err != nil {
 			return err
 		}
-		if err := s.execRows(ctx, tx, "INSERT INTO event_users(name, time_ns, ev, ukey, msg) VALUES ", 5, " ON CONFLICT DO NOTHING", userArgs); err != nil {
+		if err := insUsers.exec(c, userArgs); err != nil {
 			return err
 		}
-		if err := s.execRows(ctx, tx, "INSERT INTO user_names(name, ukey) VALUES ", 2, " ON CONFLICT DO NOTHING", nameArgs); err != nil {
+		if err := insNames.exec(c, nameArgs); err != nil {
 			return err
 		}
-		if err := s.execRows(ctx, tx, "INSERT INTO events_fts(rowid, text) VALUES ", 2, "", ftsArgs); err != nil {
+		if err := insFTS.exec(c, ftsArgs); err != nil {
 			return err
 		}
 	}
-	for _, c := range cursors {
-		st, err := s.stmt(ctx, tx, "INSERT INTO cursors(source, server, name, value) VALUES (?, ?, ?, ?) ON CONFLICT(source, server, name) DO UPDATE SET value = excluded.value")
+	for _, cur := range cursors {
+		_, err := c.exec("INSERT INTO cursors(source, server, name, value) VALUES (?, ?, ?, ?) ON CONFLICT(source, server, name) DO UPDATE SET value = excluded.value",
+			source, cur.GetServer(), cur.GetName(), cur.GetValue())
 		if err != nil {
-			return err
-		}
-		if _, err := st.ExecContext(ctx, source, c.GetServer(), c.GetName(), c.GetValue()); err != nil {
-			return fmt.Errorf("cursor %s/%s: %w", c.GetServer(), c.GetName(), err)
+			return fmt.Errorf("cursor %s/%s: %w", cur.GetServer(), cur.GetName(), err)
 		}
 	}
 	return nil
@@ -486,9 +496,9 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 		before := eventsBefore.UnixNano()
 		for {
 			var n int
-			err := s.write(ctx, func(tx *sql.Tx) error {
+			err := s.write(ctx, func(c *wconn) error {
 				var err error
-				n, err = s.deleteEventsTx(ctx, tx, before)
+				n, err = s.deleteEventsTx(c, before)
 				return err
 			})
 			if err != nil {
@@ -499,8 +509,8 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 				break
 			}
 		}
-		err := s.write(ctx, func(tx *sql.Tx) error {
-			_, err := tx.ExecContext(ctx, "DELETE FROM user_names WHERE NOT EXISTS (SELECT 1 FROM event_users u WHERE u.name = user_names.name AND u.ukey = user_names.ukey)")
+		err := s.write(ctx, func(c *wconn) error {
+			_, err := c.exec("DELETE FROM user_names WHERE NOT EXISTS (SELECT 1 FROM event_users u WHERE u.name = user_names.name AND u.ukey = user_names.ukey)")
 			s.w.names = make(map[[2]string]struct{})
 			return err
 		})
@@ -511,12 +521,9 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 	if !processedBefore.IsZero() {
 		for {
 			var n int64
-			err := s.write(ctx, func(tx *sql.Tx) error {
-				r, err := tx.ExecContext(ctx, "DELETE FROM processed WHERE (source, id) IN (SELECT source, id FROM processed WHERE processed_at < ? LIMIT ?)", processedBefore.UnixNano(), cleanupChunk*5)
-				if err != nil {
-					return err
-				}
-				n, err = r.RowsAffected()
+			err := s.write(ctx, func(c *wconn) error {
+				var err error
+				n, err = c.exec("DELETE FROM processed WHERE (source, id) IN (SELECT source, id FROM processed WHERE processed_at < ? LIMIT ?)", processedBefore.UnixNano(), int64(cleanupChunk*5))
 				return err
 			})
 			if err != nil {
@@ -531,51 +538,53 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 	return res, nil
 }
 
-func (s *Store) deleteEventsTx(ctx context.Context, tx *sql.Tx, before int64) (int, error) {
-	rows, err := tx.QueryContext(ctx, "SELECT id, time_ns, text, data FROM events WHERE time_ns < ? ORDER BY time_ns LIMIT ?", before, cleanupChunk)
-	if err != nil {
-		return 0, err
-	}
+func (s *Store) deleteEventsTx(c *wconn, before int64) (int, error) {
 	type victim struct {
 		id, t int64
 		text  string
 		names []string
 	}
 	var vs []victim
-	for rows.Next() {
-		var v victim
-		var data []byte
-		if err := rows.Scan(&v.id, &v.t, &v.text, &data); err != nil {
-			rows.Close()
-			return 0, err
-		}
+	err := c.query("SELECT id, time_ns, text, data FROM events WHERE time_ns < ? ORDER BY time_ns LIMIT ?", []any{before, int64(cleanupChunk)}, func(d []driver.Value) error {
+		v := victim{id: d[0].(int64), t: d[1].(int64), text: asString(d[2])}
+		data, _ := d[3].([]byte)
 		e := new(quiltv1.Event)
 		if err := proto.Unmarshal(data, e); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("decode event row %d: %w", v.id, err)
+			return fmt.Errorf("decode event row %d: %w", v.id, err)
 		}
 		v.names = storeutil.Names(e.GetUser())
 		vs = append(vs, v)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return 0, err
 	}
 	for _, v := range vs {
 		for _, n := range v.names {
-			if _, err := tx.ExecContext(ctx, "DELETE FROM event_users WHERE name = ? AND time_ns = ? AND ev = ?", n, v.t, v.id); err != nil {
+			if _, err := c.exec("DELETE FROM event_users WHERE name = ? AND time_ns = ? AND ev = ?", n, v.t, v.id); err != nil {
 				return 0, err
 			}
 		}
 		if s.hasFTS && v.text != "" {
 			// External-content FTS5 needs the old text to remove its tokens.
-			if _, err := tx.ExecContext(ctx, "INSERT INTO events_fts(events_fts, rowid, text) VALUES('delete', ?, ?)", v.id, v.text); err != nil {
+			if _, err := c.exec("INSERT INTO events_fts(events_fts, rowid, text) VALUES('delete', ?, ?)", v.id, v.text); err != nil {
 				return 0, err
 			}
 		}
-		if _, err := tx.ExecContext(ctx, "DELETE FROM events WHERE id = ?", v.id); err != nil {
+		if _, err := c.exec("DELETE FROM events WHERE id = ?", v.id); err != nil {
 			return 0, err
 		}
 	}
 	return len(vs), nil
+}
+
+// asString reads a TEXT column the driver may return as string or []byte.
+func asString(v driver.Value) string {
+	switch x := v.(type) {
+	case string:
+		return x
+	case []byte:
+		return string(x)
+	}
+	return ""
 }

@@ -14,8 +14,8 @@ import (
 )
 
 func (s *Store) exec(ctx context.Context, what, q string, args ...any) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, q, args...)
+	err := s.write(ctx, func(c *wconn) error {
+		_, err := c.exec(q, args...)
 		return err
 	})
 	if err != nil {

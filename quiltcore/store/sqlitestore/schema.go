@@ -43,7 +43,7 @@ var schema = []string{
 		msg INTEGER NOT NULL,
 		PRIMARY KEY(name, time_ns, ev)
 	) WITHOUT ROWID`,
-	`CREATE INDEX IF NOT EXISTS event_users_msg ON event_users(name, time_ns, ev) WHERE msg = 1`,
+	`DROP INDEX IF EXISTS event_users_msg`,
 	`CREATE TABLE IF NOT EXISTS user_names(
 		name TEXT NOT NULL,
 		ukey TEXT NOT NULL,

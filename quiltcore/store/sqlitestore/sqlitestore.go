@@ -3,11 +3,14 @@
 // dir. Build with -tags sqlite_fts5 (the Makefile does): without it the
 // driver has no FTS5, Open logs a warning and text search scans instead.
 //
-// Durability: WAL with synchronous=FULL by default, so a commit is fsynced
-// before InsertEvents returns; an acknowledged event survives kill -9 and
-// power loss. synchronous=NORMAL (Options.Synchronous) still survives
-// kill -9 — the WAL is written before the commit returns, only its fsync is
-// deferred to checkpoints — but a power loss may drop the last commits.
+// Durability: WAL with synchronous=NORMAL by default. A commit is in the
+// WAL file (written with write(2), so in the OS page cache) before
+// InsertEvents returns, so an acknowledged event survives kill -9 of the
+// process (TestKill9); the WAL is fsynced at checkpoints, not at every
+// commit, so a power loss or kernel crash may drop the last commits (the
+// database stays consistent). Options.Synchronous "full" fsyncs every
+// commit and survives power loss too, at the cost of one fsync per group
+// commit (measured in bench_test.go with QUILT_BENCH_SQLITE_SYNC=full).
 //
 // Concurrency: one writer goroutine owns the only write connection and
 // commits whatever requests are queued together in one transaction (group
@@ -17,8 +20,8 @@
 package sqlitestore
 
 import (
-	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,7 +43,7 @@ const FileName = "quilt.db"
 type Options struct {
 	// Logger receives warnings (missing FTS5); nil: slog.Default().
 	Logger *slog.Logger
-	// Synchronous is "full" (default) or "normal"; see the package doc.
+	// Synchronous is "normal" (default) or "full"; see the package doc.
 	Synchronous string
 	// Readers is the size of the read pool (default 4).
 	Readers int
@@ -50,7 +53,7 @@ type Options struct {
 type Store struct {
 	path   string
 	log    *slog.Logger
-	wdb    *sql.DB
+	wc     *wconn // the writer goroutine's (init's before it starts)
 	rdb    *sql.DB
 	hasFTS bool
 
@@ -70,20 +73,33 @@ const driverName = "sqlite3_quilt"
 
 var registerOnce sync.Once
 
-// register adds the Go functions the queries use: REGEXP (RE2, the syntax
-// the filter documents) and a Unicode-aware case-insensitive contains for
-// searches FTS5 cannot serve.
+// drv opens every connection of the store: database/sql's read pool
+// through driverName, the writer's directly.
+var drv = &sqlite3.SQLiteDriver{ConnectHook: connectHook}
+
+// register makes drv known to database/sql.
 func register() {
-	registerOnce.Do(func() {
-		sql.Register(driverName, &sqlite3.SQLiteDriver{
-			ConnectHook: func(c *sqlite3.SQLiteConn) error {
-				if err := c.RegisterFunc("regexp", regexpFunc, true); err != nil {
-					return err
-				}
-				return c.RegisterFunc("quilt_icontains", icontains, true)
-			},
-		})
-	})
+	registerOnce.Do(func() { sql.Register(driverName, drv) })
+}
+
+// mmapSize lets reads of a database that fits in it skip the read()
+// copy into the page cache.
+const mmapSize = 1 << 30
+
+// connectHook adds the Go functions the queries use: REGEXP (RE2, the
+// syntax the filter documents) and a Unicode-aware case-insensitive
+// contains. temp_store=memory keeps statement journals (every multi-row
+// INSERT inside a transaction writes one) and sorter spills in memory
+// instead of temporary files.
+func connectHook(c *sqlite3.SQLiteConn) error {
+	if err := c.RegisterFunc("regexp", regexpFunc, true); err != nil {
+		return err
+	}
+	if err := c.RegisterFunc("quilt_icontains", icontains, true); err != nil {
+		return err
+	}
+	_, err := c.Exec(fmt.Sprintf("PRAGMA temp_store = MEMORY; PRAGMA mmap_size = %d", mmapSize), nil)
+	return err
 }
 
 var reCache sync.Map // pattern -> *regexp.Regexp; patterns come from queries, few
@@ -107,7 +123,6 @@ func icontains(s, needle string) bool {
 
 // Open opens (creating if needed) the store in dir/quilt.db.
 func Open(dir string, opts Options) (*Store, error) {
-	register()
 	lg := opts.Logger
 	if lg == nil {
 		lg = slog.Default()
@@ -115,7 +130,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	syncMode := strings.ToLower(opts.Synchronous)
 	switch syncMode {
 	case "":
-		syncMode = "full"
+		syncMode = "normal"
 	case "full", "normal":
 	default:
 		return nil, fmt.Errorf("sqlitestore: synchronous %q: want full or normal", opts.Synchronous)
@@ -124,35 +139,34 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("sqlitestore: data dir %s: %w", dir, err)
 	}
 	path := filepath.Join(dir, FileName)
-	dsn := "file:" + path + "?_journal_mode=WAL&_synchronous=" + syncMode + "&_busy_timeout=10000&_txlock=immediate&_cache_size=-65536"
-	wdb, err := sql.Open(driverName, dsn)
+	register()
+	// 256 MiB of page cache for the writer: the indexes it updates are
+	// spread over the file (a channel's or a user's newest pages), and a
+	// miss is a read inside the write lock.
+	dc, err := drv.Open("file:" + path + "?_journal_mode=WAL&_synchronous=" + syncMode + "&_busy_timeout=10000&_cache_size=-262144")
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
-	// Only the writer goroutine writes; the second connection lets it
-	// prepare a statement while its transaction holds the first.
-	wdb.SetMaxOpenConns(2)
-	wdb.SetMaxIdleConns(2)
-	wdb.SetConnMaxLifetime(0)
-	s := &Store{path: path, log: lg.With("store", "sqlite", "path", path), wdb: wdb}
+	s := &Store{path: path, log: lg.With("store", "sqlite", "path", path),
+		wc: &wconn{c: dc.(*sqlite3.SQLiteConn), stmts: map[string]*sqlite3.SQLiteStmt{}}}
 	if err := s.init(); err != nil {
-		wdb.Close()
+		s.wc.close()
 		return nil, err
 	}
 	readers := opts.Readers
 	if readers <= 0 {
 		readers = 4
 	}
-	rdb, err := sql.Open(driverName, "file:"+path+"?_journal_mode=WAL&_busy_timeout=10000&_query_only=1&_cache_size=-32768")
+	rdb, err := sql.Open(driverName, "file:"+path+"?_journal_mode=WAL&_busy_timeout=10000&_query_only=1&_cache_size=-65536")
 	if err != nil {
-		wdb.Close()
+		s.wc.close()
 		return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, err)
 	}
 	rdb.SetMaxOpenConns(readers)
 	rdb.SetMaxIdleConns(readers)
 	s.rdb = rdb
 	if err := rdb.Ping(); err != nil {
-		wdb.Close()
+		s.wc.close()
 		rdb.Close()
 		return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, err)
 	}
@@ -164,51 +178,64 @@ func Open(dir string, opts Options) (*Store, error) {
 }
 
 func (s *Store) init() error {
-	ctx := context.Background()
+	c := s.wc
 	var mode string
-	if err := s.wdb.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+	err := c.query("PRAGMA journal_mode", nil, func(d []driver.Value) error {
+		mode = asString(d[0])
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
 	}
 	if !strings.EqualFold(mode, "wal") {
 		return fmt.Errorf("sqlitestore: open %s: journal_mode is %q, want wal (is the file on a filesystem without shared memory?)", s.path, mode)
 	}
 	for _, q := range schema {
-		if _, err := s.wdb.ExecContext(ctx, q); err != nil {
+		if err := c.execOnce(q); err != nil {
 			return fmt.Errorf("sqlitestore: create schema in %s: %w", s.path, err)
 		}
 	}
 	// Probe for FTS5 in a temporary table: go-sqlite3 compiles it in only
 	// with the sqlite_fts5 build tag.
-	if _, err := s.wdb.ExecContext(ctx, "CREATE VIRTUAL TABLE temp.fts_probe USING fts5(x)"); err != nil {
+	if err := c.execOnce("CREATE VIRTUAL TABLE temp.fts_probe USING fts5(x)"); err != nil {
 		s.log.Warn("sqlite built without FTS5 (build with -tags sqlite_fts5): text search will scan events", "err", err)
-		_, err = s.wdb.ExecContext(ctx, "INSERT INTO meta(key, value) VALUES('fts_stale', '1') ON CONFLICT(key) DO UPDATE SET value = '1'")
-		if err != nil {
+		if err := c.execOnce("INSERT INTO meta(key, value) VALUES('fts_stale', '1') ON CONFLICT(key) DO UPDATE SET value = '1'"); err != nil {
 			return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 		}
 	} else {
-		if _, err := s.wdb.ExecContext(ctx, "DROP TABLE temp.fts_probe"); err != nil {
+		if err := c.execOnce("DROP TABLE temp.fts_probe"); err != nil {
 			return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 		}
-		if _, err := s.wdb.ExecContext(ctx, ftsSchema); err != nil {
+		if err := c.execOnce(ftsSchema); err != nil {
 			return fmt.Errorf("sqlitestore: create full-text index in %s: %w", s.path, err)
 		}
 		s.hasFTS = true
 		// Events stored by a build without FTS5 are missing from the index.
-		var stale string
-		err := s.wdb.QueryRowContext(ctx, "SELECT value FROM meta WHERE key = 'fts_stale'").Scan(&stale)
-		if err == nil && stale == "1" {
-			s.log.Warn("rebuilding the full-text index: events were stored by a build without FTS5")
-			if _, err := s.wdb.ExecContext(ctx, "INSERT INTO events_fts(events_fts) VALUES('rebuild')"); err != nil {
-				return fmt.Errorf("sqlitestore: rebuild full-text index in %s: %w", s.path, err)
-			}
-			if _, err := s.wdb.ExecContext(ctx, "DELETE FROM meta WHERE key = 'fts_stale'"); err != nil {
-				return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
-			}
-		} else if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		stale := ""
+		err := c.query("SELECT value FROM meta WHERE key = 'fts_stale'", nil, func(d []driver.Value) error {
+			stale = asString(d[0])
+			return nil
+		})
+		if err != nil {
 			return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 		}
+		if stale == "1" {
+			s.log.Warn("rebuilding the full-text index: events were stored by a build without FTS5")
+			if err := c.execOnce("INSERT INTO events_fts(events_fts) VALUES('rebuild')"); err != nil {
+				return fmt.Errorf("sqlitestore: rebuild full-text index in %s: %w", s.path, err)
+			}
+			if err := c.execOnce("DELETE FROM meta WHERE key = 'fts_stale'"); err != nil {
+				return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
+			}
+		}
 	}
-	return s.w.load(ctx, s.wdb)
+	last, err := c.queryInt64("SELECT max(id) FROM events")
+	if err != nil {
+		return fmt.Errorf("sqlitestore: read last event id in %s: %w", s.path, err)
+	}
+	s.w.nextID = last + 1
+	s.w.names = make(map[[2]string]struct{})
+	return nil
 }
 
 // HasFTS reports whether text search uses the FTS5 index.
@@ -233,9 +260,9 @@ func (s *Store) Close() error {
 	close(s.quit)
 	<-s.done
 	// Keep the planner's statistics current for the next start.
-	_, _ = s.wdb.Exec("PRAGMA optimize")
+	_ = s.wc.execOnce("PRAGMA optimize")
 	err1 := s.rdb.Close()
-	err2 := s.wdb.Close()
+	err2 := s.wc.close()
 	if err := errors.Join(err1, err2); err != nil {
 		return fmt.Errorf("sqlitestore: close %s: %w", s.path, err)
 	}

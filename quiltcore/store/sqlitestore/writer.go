@@ -2,15 +2,19 @@ package sqlitestore
 
 import (
 	"context"
-	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
+	"io"
 	"strings"
+
+	sqlite3 "github.com/mattn/go-sqlite3"
 )
 
 // writeReq is one unit of work for the writer goroutine.
 type writeReq struct {
 	ctx  context.Context
-	fn   func(tx *sql.Tx) error
+	fn   func(c *wconn) error
 	done chan error
 }
 
@@ -18,13 +22,137 @@ type writeReq struct {
 // latency stays bounded under a flood.
 const maxGroup = 64
 
+// wconn is the writer's own connection, used without database/sql: the
+// writer is its only user, so database/sql's pool, per-call locks and
+// argument conversion buy nothing, and statements prepared once stay
+// prepared for the life of the store (database/sql would re-prepare a
+// statement in every transaction, or on whichever pool connection it
+// lands on).
+type wconn struct {
+	c     *sqlite3.SQLiteConn
+	stmts map[string]*sqlite3.SQLiteStmt
+}
+
+func (w *wconn) prep(q string) (*sqlite3.SQLiteStmt, error) {
+	if st, ok := w.stmts[q]; ok {
+		return st, nil
+	}
+	st, err := w.c.Prepare(q)
+	if err != nil {
+		return nil, err
+	}
+	w.stmts[q] = st.(*sqlite3.SQLiteStmt)
+	return w.stmts[q], nil
+}
+
+// values converts Go arguments the way database/sql would (int to int64,
+// bool to int64...), since the driver binds only its own value types.
+func values(args []any) ([]driver.Value, error) {
+	out := make([]driver.Value, len(args))
+	for i, a := range args {
+		switch v := a.(type) {
+		case string, int64, []byte, nil:
+			out[i] = v
+		default:
+			c, err := driver.DefaultParameterConverter.ConvertValue(a)
+			if err != nil {
+				return nil, fmt.Errorf("argument %d (%T): %w", i+1, a, err)
+			}
+			out[i] = c
+		}
+	}
+	return out, nil
+}
+
+// exec runs a statement (cached) and returns the rows it changed.
+func (w *wconn) exec(q string, args ...any) (int64, error) {
+	st, err := w.prep(q)
+	if err != nil {
+		return 0, err
+	}
+	vals, err := values(args)
+	if err != nil {
+		return 0, err
+	}
+	//lint:ignore SA1019 the NamedValue variant needs a context per call for nothing.
+	r, err := st.Exec(vals)
+	if err != nil {
+		return 0, err
+	}
+	return r.RowsAffected()
+}
+
+// query runs a statement (cached) and calls row for each result row; the
+// values are only valid during the call.
+func (w *wconn) query(q string, args []any, row func([]driver.Value) error) error {
+	vals, err := values(args)
+	if err != nil {
+		return err
+	}
+	return w.queryValues(q, vals, row)
+}
+
+func (w *wconn) queryValues(q string, vals []driver.Value, row func([]driver.Value) error) error {
+	st, err := w.prep(q)
+	if err != nil {
+		return err
+	}
+	//lint:ignore SA1019 as in exec.
+	rows, err := st.Query(vals)
+	if err != nil {
+		return err
+	}
+	dest := make([]driver.Value, len(rows.Columns()))
+	for {
+		err := rows.Next(dest)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		if err := row(dest); err != nil {
+			rows.Close()
+			return err
+		}
+	}
+	return rows.Close()
+}
+
+// queryInt64 returns the first column of the first row (0 when there is no
+// row or it is NULL).
+func (w *wconn) queryInt64(q string, args ...any) (int64, error) {
+	var v int64
+	err := w.query(q, args, func(d []driver.Value) error {
+		if n, ok := d[0].(int64); ok {
+			v = n
+		}
+		return nil
+	})
+	return v, err
+}
+
+// execOnce runs statements without caching them (schema, pragmas).
+func (w *wconn) execOnce(q string) error {
+	_, err := w.c.Exec(q, nil)
+	return err
+}
+
+func (w *wconn) close() error {
+	for _, st := range w.stmts {
+		st.Close()
+	}
+	w.stmts = nil
+	return w.c.Close()
+}
+
 // writerState is owned by the writer goroutine (and init, before it starts).
 type writerState struct {
 	nextID int64
 	// names caches (name, ukey) pairs known to be in user_names, so the
 	// common case (the same users again) costs no write.
 	names map[[2]string]struct{}
-	stmts map[string]*sql.Stmt
 	// dataVersion is PRAGMA data_version as of this writer's last
 	// transaction; it changes only when another connection (another
 	// process on the same file: a second quilt-qmd on the same data_dir)
@@ -40,59 +168,28 @@ type writerState struct {
 // writes. Without it a standby that opened the file before the leader
 // wrote assigns ids the leader already used: every insert fails with
 // "UNIQUE constraint failed: events.id" once it leads.
-func (w *writerState) sync(ctx context.Context, tx *sql.Tx) error {
-	var v int64
-	if err := tx.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+func (w *writerState) sync(c *wconn) error {
+	v, err := c.queryInt64("PRAGMA data_version")
+	if err != nil {
 		return fmt.Errorf("sqlitestore: read data_version: %w", err)
 	}
 	if w.synced && v == w.dataVersion {
 		return nil
 	}
-	var last sql.NullInt64
-	if err := tx.QueryRowContext(ctx, "SELECT max(id) FROM events").Scan(&last); err != nil {
+	last, err := c.queryInt64("SELECT max(id) FROM events")
+	if err != nil {
 		return fmt.Errorf("sqlitestore: read last event id: %w", err)
 	}
 	if w.synced {
 		// Names another process's cleanup removed must be inserted again.
 		w.names = make(map[[2]string]struct{})
 	}
-	w.nextID = max(w.nextID, last.Int64+1)
+	w.nextID = max(w.nextID, last+1)
 	w.dataVersion, w.synced = v, true
 	return nil
 }
 
 const maxNameCache = 200000
-
-func (w *writerState) load(ctx context.Context, db *sql.DB) error {
-	var max sql.NullInt64
-	if err := db.QueryRowContext(ctx, "SELECT max(id) FROM events").Scan(&max); err != nil {
-		return fmt.Errorf("sqlitestore: read last event id: %w", err)
-	}
-	w.nextID = max.Int64 + 1
-	w.names = make(map[[2]string]struct{})
-	if w.stmts == nil {
-		w.stmts = make(map[string]*sql.Stmt)
-	}
-	return nil
-}
-
-// stmt returns a cached prepared statement. It is prepared on the DB, not
-// on a sql.Conn: database/sql re-prepares a Conn's statement in every
-// transaction, but caches a DB statement per connection. Multi-row statements are keyed
-// by their text, and the row counts come from a few fixed chunk sizes, so
-// the cache stays small.
-func (s *Store) stmt(ctx context.Context, tx *sql.Tx, q string) (*sql.Stmt, error) {
-	st, ok := s.w.stmts[q]
-	if !ok {
-		var err error
-		st, err = s.wdb.PrepareContext(ctx, q)
-		if err != nil {
-			return nil, err
-		}
-		s.w.stmts[q] = st
-	}
-	return tx.StmtContext(ctx, st), nil
-}
 
 // rowsSQL builds "prefix (?,?),(?,?) suffix" for n rows of cols values.
 func rowsSQL(prefix string, cols, n int, suffix string) string {
@@ -111,13 +208,29 @@ func rowsSQL(prefix string, cols, n int, suffix string) string {
 }
 
 // chunkSizes are the row counts of the cached multi-row statements; a batch
-// is cut greedily into them.
-var chunkSizes = [...]int{256, 64, 16, 4, 1}
+// is cut greedily into them, so a batch of 1000 takes 6 statements and the
+// cache holds at most len(chunkSizes) texts per table. 512 rows of the
+// widest table (10 columns) stay far below SQLite's 32766 variables.
+var chunkSizes = [...]int{512, 256, 128, 64, 32, 16, 8, 4, 2, 1}
 
-// execRows inserts rows (each cols values, flattened in args) with
-// multi-row statements.
-func (s *Store) execRows(ctx context.Context, tx *sql.Tx, prefix string, cols int, suffix string, args []any) error {
-	n := len(args) / cols
+// multiRow is a multi-row INSERT of one table, its texts built once.
+type multiRow struct {
+	cols  int
+	texts map[int]string
+}
+
+func newMultiRow(prefix string, cols int, suffix string) *multiRow {
+	m := &multiRow{cols: cols, texts: make(map[int]string, len(chunkSizes))}
+	for _, n := range chunkSizes {
+		m.texts[n] = rowsSQL(prefix, cols, n, suffix)
+	}
+	return m
+}
+
+// chunks calls fn with the statement text and values of each chunk of
+// rows (args holds the rows' values flattened).
+func (m *multiRow) chunks(args []driver.Value, fn func(q string, vals []driver.Value) error) error {
+	n := len(args) / m.cols
 	for n > 0 {
 		size := 1
 		for _, c := range chunkSizes {
@@ -126,22 +239,31 @@ func (s *Store) execRows(ctx context.Context, tx *sql.Tx, prefix string, cols in
 				break
 			}
 		}
-		st, err := s.stmt(ctx, tx, rowsSQL(prefix, cols, size, suffix))
-		if err != nil {
+		if err := fn(m.texts[size], args[:size*m.cols]); err != nil {
 			return err
 		}
-		if _, err := st.ExecContext(ctx, args[:size*cols]...); err != nil {
-			return err
-		}
-		args = args[size*cols:]
+		args = args[size*m.cols:]
 		n -= size
 	}
 	return nil
 }
 
+// exec inserts rows with multi-row statements.
+func (m *multiRow) exec(c *wconn, args []driver.Value) error {
+	return m.chunks(args, func(q string, vals []driver.Value) error {
+		st, err := c.prep(q)
+		if err != nil {
+			return err
+		}
+		//lint:ignore SA1019 as in wconn.exec.
+		_, err = st.Exec(vals)
+		return err
+	})
+}
+
 // write queues fn for the writer and waits for its commit. When it returns
 // nil, fn's changes are committed.
-func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+func (s *Store) write(ctx context.Context, fn func(c *wconn) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -171,11 +293,6 @@ func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
 
 func (s *Store) writer() {
 	defer close(s.done)
-	defer func() {
-		for _, st := range s.w.stmts {
-			st.Close()
-		}
-	}()
 	group := make([]*writeReq, 0, maxGroup)
 	for {
 		var first *writeReq
@@ -207,23 +324,31 @@ func (s *Store) writer() {
 	}
 }
 
-// commit runs the group in one transaction, each request in a savepoint.
+// commit runs the group in one transaction (group commit: one WAL append
+// and, with synchronous=full, one fsync for all of them), each request in
+// a savepoint so one failing request does not fail the others.
 func (s *Store) commit(group []*writeReq) {
-	ctx := context.Background()
+	c := s.wc
 	errs := make([]error, len(group))
-	tx, err := s.wdb.BeginTx(ctx, nil)
-	if err != nil {
-		err = fmt.Errorf("sqlitestore: begin transaction on %s: %w", s.path, err)
+	fail := func(err error) {
 		for _, r := range group {
 			r.done <- err
 		}
+	}
+	// IMMEDIATE takes the write lock now, so a second process on the file
+	// waits (busy_timeout) here instead of failing at its first write.
+	if _, err := c.exec("BEGIN IMMEDIATE"); err != nil {
+		fail(fmt.Errorf("sqlitestore: begin transaction on %s: %w", s.path, err))
 		return
 	}
-	if err := s.w.sync(ctx, tx); err != nil {
-		tx.Rollback()
-		for _, r := range group {
-			r.done <- fmt.Errorf("%w (%s)", err, s.path)
+	rollback := func() {
+		if _, err := c.exec("ROLLBACK"); err != nil {
+			s.log.Warn("rollback failed", "err", err)
 		}
+	}
+	if err := s.w.sync(c); err != nil {
+		rollback()
+		fail(fmt.Errorf("%w (%s)", err, s.path))
 		return
 	}
 	saved := s.w.nextID
@@ -235,27 +360,25 @@ func (s *Store) commit(group []*writeReq) {
 		}
 		before := s.w.nextID
 		if len(group) > 1 {
-			if _, err := tx.ExecContext(ctx, "SAVEPOINT req"); err != nil {
+			if _, err := c.exec("SAVEPOINT req"); err != nil {
 				errs[i] = err
 				continue
 			}
 		}
-		errs[i] = r.fn(tx)
+		errs[i] = r.fn(c)
 		if len(group) > 1 {
 			if errs[i] != nil {
-				if _, err := tx.ExecContext(ctx, "ROLLBACK TO req"); err != nil {
+				if _, err := c.exec("ROLLBACK TO req"); err != nil {
 					// The transaction is unusable; fail everyone.
-					tx.Rollback()
+					rollback()
 					s.w.nextID = saved
 					s.w.names = make(map[[2]string]struct{})
-					for _, r := range group {
-						r.done <- fmt.Errorf("sqlitestore: roll back a failed write on %s: %w", s.path, err)
-					}
+					fail(fmt.Errorf("sqlitestore: roll back a failed write on %s: %w", s.path, err))
 					return
 				}
 				s.w.nextID = before
 			}
-			if _, err := tx.ExecContext(ctx, "RELEASE req"); err != nil && errs[i] == nil {
+			if _, err := c.exec("RELEASE req"); err != nil && errs[i] == nil {
 				errs[i] = err
 			}
 		}
@@ -271,10 +394,10 @@ func (s *Store) commit(group []*writeReq) {
 		}
 	}
 	if live == 0 && len(group) == 1 {
-		tx.Rollback()
+		rollback()
 		s.w.nextID = saved
-	} else if err := tx.Commit(); err != nil {
-		tx.Rollback()
+	} else if _, err := c.exec("COMMIT"); err != nil {
+		rollback()
 		s.w.nextID = saved
 		// A cached name may belong to the rolled-back work.
 		s.w.names = make(map[[2]string]struct{})

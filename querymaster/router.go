@@ -168,6 +168,27 @@ func serverNames(s *session) []string {
 // result with ok=false is returned as a result, not an error: the action
 // reached the source manager, which says why it failed.
 func (r *Router) Act(ctx context.Context, a *quiltv1.Action, timeout time.Duration) (*quiltv1.ActionResult, error) {
+	p, err := r.Submit(ctx, a)
+	if err != nil {
+		return nil, err
+	}
+	return p.Wait(ctx, timeout)
+}
+
+// PendingAction is an action handed to its source manager's stream whose
+// result has not been taken yet. Wait for it exactly once.
+type PendingAction struct {
+	r  *Router
+	s  *session
+	id string
+	ch chan *quiltv1.ActionResult
+}
+
+// Submit checks a, gives a copy a new ULID id and queues it on its source
+// manager's stream without waiting for the result. Actions submitted one
+// after the other (by one goroutine) reach the source manager in that
+// order, which is what keeps a pipelined client's per-server order.
+func (r *Router) Submit(ctx context.Context, a *quiltv1.Action) (*PendingAction, error) {
 	if a == nil {
 		return nil, status.Error(codes.InvalidArgument, "action is missing")
 	}
@@ -181,32 +202,51 @@ func (r *Router) Act(ctx context.Context, a *quiltv1.Action, timeout time.Durati
 	if err != nil {
 		return nil, err
 	}
-	if timeout <= 0 {
-		timeout = r.m.opts.ActTimeout
-	}
 	a = proto.Clone(a).(*quiltv1.Action)
 	a.Id = ulid.Make().String()
-	ch := make(chan *quiltv1.ActionResult, 1)
+	p := &PendingAction{r: r, s: s, id: a.Id, ch: make(chan *quiltv1.ActionResult, 1)}
 	s.mu.Lock()
-	s.acts[a.Id] = ch
+	s.acts[a.Id] = p.ch
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.acts, a.Id)
-		s.mu.Unlock()
-	}()
 	if err := s.send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_Action{Action: a}}); err != nil {
+		p.forget()
 		return nil, status.Errorf(codes.Unavailable, "source %q detached before action %s was sent", a.Source, a.Id)
+	}
+	return p, nil
+}
+
+// ID is the id the query master gave the action.
+func (p *PendingAction) ID() string { return p.id }
+
+func (p *PendingAction) forget() {
+	p.s.mu.Lock()
+	delete(p.s.acts, p.id)
+	p.s.mu.Unlock()
+}
+
+// Wait returns the action's result, or DEADLINE_EXCEEDED after timeout (0:
+// Options.ActTimeout), UNAVAILABLE when the source manager detached first,
+// or ctx's error.
+func (p *PendingAction) Wait(ctx context.Context, timeout time.Duration) (*quiltv1.ActionResult, error) {
+	defer p.forget()
+	if timeout <= 0 {
+		timeout = p.r.m.opts.ActTimeout
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
-	case res := <-ch:
+	case res := <-p.ch:
 		return res, nil
 	case <-t.C:
-		return nil, status.Errorf(codes.DeadlineExceeded, "action %s: source %q did not answer within %s", a.Id, a.Source, timeout)
-	case <-s.ctx.Done():
-		return nil, status.Errorf(codes.Unavailable, "action %s: source %q detached before answering", a.Id, a.Source)
+		return nil, status.Errorf(codes.DeadlineExceeded, "action %s: source %q did not answer within %s", p.id, p.s.name, timeout)
+	case <-p.s.ctx.Done():
+		// A result read just before the detach still counts.
+		select {
+		case res := <-p.ch:
+			return res, nil
+		default:
+		}
+		return nil, status.Errorf(codes.Unavailable, "action %s: source %q detached before answering", p.id, p.s.name)
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}

@@ -140,6 +140,140 @@ func (x *ActRequest) GetTimeoutSeconds() int32 {
 	return 0
 }
 
+type ActStreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client and echoed in the response; keep it unique among
+	// the stream's actions still without a response.
+	Ref    uint64  `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Action *Action `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// As ActRequest.timeout_seconds (0: the master's default).
+	TimeoutSeconds int32 `protobuf:"varint,3,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ActStreamRequest) Reset() {
+	*x = ActStreamRequest{}
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActStreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActStreamRequest) ProtoMessage() {}
+
+func (x *ActStreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActStreamRequest.ProtoReflect.Descriptor instead.
+func (*ActStreamRequest) Descriptor() ([]byte, []int) {
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ActStreamRequest) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *ActStreamRequest) GetAction() *Action {
+	if x != nil {
+		return x.Action
+	}
+	return nil
+}
+
+func (x *ActStreamRequest) GetTimeoutSeconds() int32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
+type ActStreamResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Ref   uint64                 `protobuf:"varint,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	// Set when the source manager answered (ok or not).
+	Result *ActionResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	// Without result: a gRPC status code number (google.rpc.Code) saying why
+	// the action got no result, and a message for people.
+	Code          int32  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActStreamResponse) Reset() {
+	*x = ActStreamResponse{}
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActStreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActStreamResponse) ProtoMessage() {}
+
+func (x *ActStreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActStreamResponse.ProtoReflect.Descriptor instead.
+func (*ActStreamResponse) Descriptor() ([]byte, []int) {
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ActStreamResponse) GetRef() uint64 {
+	if x != nil {
+		return x.Ref
+	}
+	return 0
+}
+
+func (x *ActStreamResponse) GetResult() *ActionResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *ActStreamResponse) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ActStreamResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type ListSourcesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Include sources known from the store but not attached now.
@@ -150,7 +284,7 @@ type ListSourcesRequest struct {
 
 func (x *ListSourcesRequest) Reset() {
 	*x = ListSourcesRequest{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[2]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -162,7 +296,7 @@ func (x *ListSourcesRequest) String() string {
 func (*ListSourcesRequest) ProtoMessage() {}
 
 func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[2]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -175,7 +309,7 @@ func (x *ListSourcesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesRequest.ProtoReflect.Descriptor instead.
 func (*ListSourcesRequest) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{2}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListSourcesRequest) GetIncludeDetached() bool {
@@ -194,7 +328,7 @@ type ListSourcesResponse struct {
 
 func (x *ListSourcesResponse) Reset() {
 	*x = ListSourcesResponse{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[3]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -206,7 +340,7 @@ func (x *ListSourcesResponse) String() string {
 func (*ListSourcesResponse) ProtoMessage() {}
 
 func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[3]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -219,7 +353,7 @@ func (x *ListSourcesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSourcesResponse.ProtoReflect.Descriptor instead.
 func (*ListSourcesResponse) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{3}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListSourcesResponse) GetSources() []*SourceInfo {
@@ -241,7 +375,7 @@ type ControlServerRequest struct {
 
 func (x *ControlServerRequest) Reset() {
 	*x = ControlServerRequest{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[4]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -253,7 +387,7 @@ func (x *ControlServerRequest) String() string {
 func (*ControlServerRequest) ProtoMessage() {}
 
 func (x *ControlServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[4]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -266,7 +400,7 @@ func (x *ControlServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlServerRequest.ProtoReflect.Descriptor instead.
 func (*ControlServerRequest) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{4}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ControlServerRequest) GetSource() string {
@@ -310,7 +444,7 @@ type ControlServerResponse struct {
 
 func (x *ControlServerResponse) Reset() {
 	*x = ControlServerResponse{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[5]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +456,7 @@ func (x *ControlServerResponse) String() string {
 func (*ControlServerResponse) ProtoMessage() {}
 
 func (x *ControlServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[5]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +469,7 @@ func (x *ControlServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlServerResponse.ProtoReflect.Descriptor instead.
 func (*ControlServerResponse) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{5}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ControlServerResponse) GetDesired() *DesiredServer {
@@ -363,7 +497,7 @@ type ListQueriesRequest struct {
 
 func (x *ListQueriesRequest) Reset() {
 	*x = ListQueriesRequest{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[6]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +509,7 @@ func (x *ListQueriesRequest) String() string {
 func (*ListQueriesRequest) ProtoMessage() {}
 
 func (x *ListQueriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[6]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +522,7 @@ func (x *ListQueriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueriesRequest.ProtoReflect.Descriptor instead.
 func (*ListQueriesRequest) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{6}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListQueriesRequest) GetLimit() int32 {
@@ -414,7 +548,7 @@ type ListQueriesResponse struct {
 
 func (x *ListQueriesResponse) Reset() {
 	*x = ListQueriesResponse{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[7]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +560,7 @@ func (x *ListQueriesResponse) String() string {
 func (*ListQueriesResponse) ProtoMessage() {}
 
 func (x *ListQueriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[7]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +573,7 @@ func (x *ListQueriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListQueriesResponse.ProtoReflect.Descriptor instead.
 func (*ListQueriesResponse) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{7}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListQueriesResponse) GetQueries() []*QueryRecord {
@@ -458,7 +592,7 @@ type GetQueryRequest struct {
 
 func (x *GetQueryRequest) Reset() {
 	*x = GetQueryRequest{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[8]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +604,7 @@ func (x *GetQueryRequest) String() string {
 func (*GetQueryRequest) ProtoMessage() {}
 
 func (x *GetQueryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[8]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +617,7 @@ func (x *GetQueryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueryRequest.ProtoReflect.Descriptor instead.
 func (*GetQueryRequest) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{8}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetQueryRequest) GetId() string {
@@ -501,7 +635,7 @@ type ListPatternsRequest struct {
 
 func (x *ListPatternsRequest) Reset() {
 	*x = ListPatternsRequest{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[9]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -513,7 +647,7 @@ func (x *ListPatternsRequest) String() string {
 func (*ListPatternsRequest) ProtoMessage() {}
 
 func (x *ListPatternsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[9]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -526,7 +660,7 @@ func (x *ListPatternsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPatternsRequest.ProtoReflect.Descriptor instead.
 func (*ListPatternsRequest) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{9}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{11}
 }
 
 // PatternVar is one variable of a pattern.
@@ -545,7 +679,7 @@ type PatternVar struct {
 
 func (x *PatternVar) Reset() {
 	*x = PatternVar{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[10]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +691,7 @@ func (x *PatternVar) String() string {
 func (*PatternVar) ProtoMessage() {}
 
 func (x *PatternVar) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[10]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +704,7 @@ func (x *PatternVar) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PatternVar.ProtoReflect.Descriptor instead.
 func (*PatternVar) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{10}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PatternVar) GetName() string {
@@ -621,7 +755,7 @@ type Pattern struct {
 
 func (x *Pattern) Reset() {
 	*x = Pattern{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[11]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -633,7 +767,7 @@ func (x *Pattern) String() string {
 func (*Pattern) ProtoMessage() {}
 
 func (x *Pattern) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[11]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -646,7 +780,7 @@ func (x *Pattern) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pattern.ProtoReflect.Descriptor instead.
 func (*Pattern) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{11}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Pattern) GetName() string {
@@ -686,7 +820,7 @@ type ListPatternsResponse struct {
 
 func (x *ListPatternsResponse) Reset() {
 	*x = ListPatternsResponse{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[12]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +832,7 @@ func (x *ListPatternsResponse) String() string {
 func (*ListPatternsResponse) ProtoMessage() {}
 
 func (x *ListPatternsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[12]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +845,7 @@ func (x *ListPatternsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPatternsResponse.ProtoReflect.Descriptor instead.
 func (*ListPatternsResponse) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{12}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListPatternsResponse) GetPatterns() []*Pattern {
@@ -729,7 +863,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[13]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +875,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[13]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +888,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{13}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{15}
 }
 
 type StatusResponse struct {
@@ -776,7 +910,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[14]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +922,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quilt_v1_querymaster_proto_msgTypes[14]
+	mi := &file_quilt_v1_querymaster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +935,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{14}
+	return file_quilt_v1_querymaster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatusResponse) GetMasterId() string {
@@ -872,7 +1006,16 @@ const file_quilt_v1_querymaster_proto_rawDesc = "" +
 	"\n" +
 	"ActRequest\x12(\n" +
 	"\x06action\x18\x01 \x01(\v2\x10.quilt.v1.ActionR\x06action\x12'\n" +
-	"\x0ftimeout_seconds\x18\x02 \x01(\x05R\x0etimeoutSeconds\"?\n" +
+	"\x0ftimeout_seconds\x18\x02 \x01(\x05R\x0etimeoutSeconds\"w\n" +
+	"\x10ActStreamRequest\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12(\n" +
+	"\x06action\x18\x02 \x01(\v2\x10.quilt.v1.ActionR\x06action\x12'\n" +
+	"\x0ftimeout_seconds\x18\x03 \x01(\x05R\x0etimeoutSeconds\"\x83\x01\n" +
+	"\x11ActStreamResponse\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12.\n" +
+	"\x06result\x18\x02 \x01(\v2\x16.quilt.v1.ActionResultR\x06result\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"?\n" +
 	"\x12ListSourcesRequest\x12)\n" +
 	"\x10include_detached\x18\x01 \x01(\bR\x0fincludeDetached\"E\n" +
 	"\x13ListSourcesResponse\x12.\n" +
@@ -916,11 +1059,12 @@ const file_quilt_v1_querymaster_proto_rawDesc = "" +
 	"\tregistrar\x18\x05 \x01(\tR\tregistrar\x12\x14\n" +
 	"\x05store\x18\x06 \x01(\tR\x05store\x124\n" +
 	"\astarted\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x12)\n" +
-	"\x10sources_attached\x18\b \x01(\x05R\x0fsourcesAttached2\xec\x04\n" +
+	"\x10sources_attached\x18\b \x01(\x05R\x0fsourcesAttached2\xb6\x05\n" +
 	"\vQueryMaster\x128\n" +
 	"\x05Query\x12\x16.quilt.v1.QueryRequest\x1a\x15.quilt.v1.QueryResult0\x01\x12:\n" +
 	"\tSubscribe\x12\x1a.quilt.v1.SubscribeRequest\x1a\x0f.quilt.v1.Event0\x01\x123\n" +
-	"\x03Act\x12\x14.quilt.v1.ActRequest\x1a\x16.quilt.v1.ActionResult\x12J\n" +
+	"\x03Act\x12\x14.quilt.v1.ActRequest\x1a\x16.quilt.v1.ActionResult\x12H\n" +
+	"\tActStream\x12\x1a.quilt.v1.ActStreamRequest\x1a\x1b.quilt.v1.ActStreamResponse(\x010\x01\x12J\n" +
 	"\vListSources\x12\x1c.quilt.v1.ListSourcesRequest\x1a\x1d.quilt.v1.ListSourcesResponse\x12P\n" +
 	"\rControlServer\x12\x1e.quilt.v1.ControlServerRequest\x1a\x1f.quilt.v1.ControlServerResponse\x12J\n" +
 	"\vListQueries\x12\x1c.quilt.v1.ListQueriesRequest\x1a\x1d.quilt.v1.ListQueriesResponse\x12<\n" +
@@ -940,69 +1084,75 @@ func file_quilt_v1_querymaster_proto_rawDescGZIP() []byte {
 	return file_quilt_v1_querymaster_proto_rawDescData
 }
 
-var file_quilt_v1_querymaster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_quilt_v1_querymaster_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_quilt_v1_querymaster_proto_goTypes = []any{
 	(*SubscribeRequest)(nil),      // 0: quilt.v1.SubscribeRequest
 	(*ActRequest)(nil),            // 1: quilt.v1.ActRequest
-	(*ListSourcesRequest)(nil),    // 2: quilt.v1.ListSourcesRequest
-	(*ListSourcesResponse)(nil),   // 3: quilt.v1.ListSourcesResponse
-	(*ControlServerRequest)(nil),  // 4: quilt.v1.ControlServerRequest
-	(*ControlServerResponse)(nil), // 5: quilt.v1.ControlServerResponse
-	(*ListQueriesRequest)(nil),    // 6: quilt.v1.ListQueriesRequest
-	(*ListQueriesResponse)(nil),   // 7: quilt.v1.ListQueriesResponse
-	(*GetQueryRequest)(nil),       // 8: quilt.v1.GetQueryRequest
-	(*ListPatternsRequest)(nil),   // 9: quilt.v1.ListPatternsRequest
-	(*PatternVar)(nil),            // 10: quilt.v1.PatternVar
-	(*Pattern)(nil),               // 11: quilt.v1.Pattern
-	(*ListPatternsResponse)(nil),  // 12: quilt.v1.ListPatternsResponse
-	(*StatusRequest)(nil),         // 13: quilt.v1.StatusRequest
-	(*StatusResponse)(nil),        // 14: quilt.v1.StatusResponse
-	(*EventFilter)(nil),           // 15: quilt.v1.EventFilter
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*Action)(nil),                // 17: quilt.v1.Action
-	(*SourceInfo)(nil),            // 18: quilt.v1.SourceInfo
-	(ServerControlOp)(0),          // 19: quilt.v1.ServerControlOp
-	(*DesiredServer)(nil),         // 20: quilt.v1.DesiredServer
-	(*QueryRecord)(nil),           // 21: quilt.v1.QueryRecord
-	(*QueryRequest)(nil),          // 22: quilt.v1.QueryRequest
-	(*QueryResult)(nil),           // 23: quilt.v1.QueryResult
-	(*Event)(nil),                 // 24: quilt.v1.Event
-	(*ActionResult)(nil),          // 25: quilt.v1.ActionResult
+	(*ActStreamRequest)(nil),      // 2: quilt.v1.ActStreamRequest
+	(*ActStreamResponse)(nil),     // 3: quilt.v1.ActStreamResponse
+	(*ListSourcesRequest)(nil),    // 4: quilt.v1.ListSourcesRequest
+	(*ListSourcesResponse)(nil),   // 5: quilt.v1.ListSourcesResponse
+	(*ControlServerRequest)(nil),  // 6: quilt.v1.ControlServerRequest
+	(*ControlServerResponse)(nil), // 7: quilt.v1.ControlServerResponse
+	(*ListQueriesRequest)(nil),    // 8: quilt.v1.ListQueriesRequest
+	(*ListQueriesResponse)(nil),   // 9: quilt.v1.ListQueriesResponse
+	(*GetQueryRequest)(nil),       // 10: quilt.v1.GetQueryRequest
+	(*ListPatternsRequest)(nil),   // 11: quilt.v1.ListPatternsRequest
+	(*PatternVar)(nil),            // 12: quilt.v1.PatternVar
+	(*Pattern)(nil),               // 13: quilt.v1.Pattern
+	(*ListPatternsResponse)(nil),  // 14: quilt.v1.ListPatternsResponse
+	(*StatusRequest)(nil),         // 15: quilt.v1.StatusRequest
+	(*StatusResponse)(nil),        // 16: quilt.v1.StatusResponse
+	(*EventFilter)(nil),           // 17: quilt.v1.EventFilter
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
+	(*Action)(nil),                // 19: quilt.v1.Action
+	(*ActionResult)(nil),          // 20: quilt.v1.ActionResult
+	(*SourceInfo)(nil),            // 21: quilt.v1.SourceInfo
+	(ServerControlOp)(0),          // 22: quilt.v1.ServerControlOp
+	(*DesiredServer)(nil),         // 23: quilt.v1.DesiredServer
+	(*QueryRecord)(nil),           // 24: quilt.v1.QueryRecord
+	(*QueryRequest)(nil),          // 25: quilt.v1.QueryRequest
+	(*QueryResult)(nil),           // 26: quilt.v1.QueryResult
+	(*Event)(nil),                 // 27: quilt.v1.Event
 }
 var file_quilt_v1_querymaster_proto_depIdxs = []int32{
-	15, // 0: quilt.v1.SubscribeRequest.filter:type_name -> quilt.v1.EventFilter
-	16, // 1: quilt.v1.SubscribeRequest.replay_since:type_name -> google.protobuf.Timestamp
-	17, // 2: quilt.v1.ActRequest.action:type_name -> quilt.v1.Action
-	18, // 3: quilt.v1.ListSourcesResponse.sources:type_name -> quilt.v1.SourceInfo
-	19, // 4: quilt.v1.ControlServerRequest.op:type_name -> quilt.v1.ServerControlOp
-	20, // 5: quilt.v1.ControlServerResponse.desired:type_name -> quilt.v1.DesiredServer
-	21, // 6: quilt.v1.ListQueriesResponse.queries:type_name -> quilt.v1.QueryRecord
-	10, // 7: quilt.v1.Pattern.vars:type_name -> quilt.v1.PatternVar
-	11, // 8: quilt.v1.ListPatternsResponse.patterns:type_name -> quilt.v1.Pattern
-	16, // 9: quilt.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
-	22, // 10: quilt.v1.QueryMaster.Query:input_type -> quilt.v1.QueryRequest
-	0,  // 11: quilt.v1.QueryMaster.Subscribe:input_type -> quilt.v1.SubscribeRequest
-	1,  // 12: quilt.v1.QueryMaster.Act:input_type -> quilt.v1.ActRequest
-	2,  // 13: quilt.v1.QueryMaster.ListSources:input_type -> quilt.v1.ListSourcesRequest
-	4,  // 14: quilt.v1.QueryMaster.ControlServer:input_type -> quilt.v1.ControlServerRequest
-	6,  // 15: quilt.v1.QueryMaster.ListQueries:input_type -> quilt.v1.ListQueriesRequest
-	8,  // 16: quilt.v1.QueryMaster.GetQuery:input_type -> quilt.v1.GetQueryRequest
-	9,  // 17: quilt.v1.QueryMaster.ListPatterns:input_type -> quilt.v1.ListPatternsRequest
-	13, // 18: quilt.v1.QueryMaster.Status:input_type -> quilt.v1.StatusRequest
-	23, // 19: quilt.v1.QueryMaster.Query:output_type -> quilt.v1.QueryResult
-	24, // 20: quilt.v1.QueryMaster.Subscribe:output_type -> quilt.v1.Event
-	25, // 21: quilt.v1.QueryMaster.Act:output_type -> quilt.v1.ActionResult
-	3,  // 22: quilt.v1.QueryMaster.ListSources:output_type -> quilt.v1.ListSourcesResponse
-	5,  // 23: quilt.v1.QueryMaster.ControlServer:output_type -> quilt.v1.ControlServerResponse
-	7,  // 24: quilt.v1.QueryMaster.ListQueries:output_type -> quilt.v1.ListQueriesResponse
-	21, // 25: quilt.v1.QueryMaster.GetQuery:output_type -> quilt.v1.QueryRecord
-	12, // 26: quilt.v1.QueryMaster.ListPatterns:output_type -> quilt.v1.ListPatternsResponse
-	14, // 27: quilt.v1.QueryMaster.Status:output_type -> quilt.v1.StatusResponse
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	17, // 0: quilt.v1.SubscribeRequest.filter:type_name -> quilt.v1.EventFilter
+	18, // 1: quilt.v1.SubscribeRequest.replay_since:type_name -> google.protobuf.Timestamp
+	19, // 2: quilt.v1.ActRequest.action:type_name -> quilt.v1.Action
+	19, // 3: quilt.v1.ActStreamRequest.action:type_name -> quilt.v1.Action
+	20, // 4: quilt.v1.ActStreamResponse.result:type_name -> quilt.v1.ActionResult
+	21, // 5: quilt.v1.ListSourcesResponse.sources:type_name -> quilt.v1.SourceInfo
+	22, // 6: quilt.v1.ControlServerRequest.op:type_name -> quilt.v1.ServerControlOp
+	23, // 7: quilt.v1.ControlServerResponse.desired:type_name -> quilt.v1.DesiredServer
+	24, // 8: quilt.v1.ListQueriesResponse.queries:type_name -> quilt.v1.QueryRecord
+	12, // 9: quilt.v1.Pattern.vars:type_name -> quilt.v1.PatternVar
+	13, // 10: quilt.v1.ListPatternsResponse.patterns:type_name -> quilt.v1.Pattern
+	18, // 11: quilt.v1.StatusResponse.started:type_name -> google.protobuf.Timestamp
+	25, // 12: quilt.v1.QueryMaster.Query:input_type -> quilt.v1.QueryRequest
+	0,  // 13: quilt.v1.QueryMaster.Subscribe:input_type -> quilt.v1.SubscribeRequest
+	1,  // 14: quilt.v1.QueryMaster.Act:input_type -> quilt.v1.ActRequest
+	2,  // 15: quilt.v1.QueryMaster.ActStream:input_type -> quilt.v1.ActStreamRequest
+	4,  // 16: quilt.v1.QueryMaster.ListSources:input_type -> quilt.v1.ListSourcesRequest
+	6,  // 17: quilt.v1.QueryMaster.ControlServer:input_type -> quilt.v1.ControlServerRequest
+	8,  // 18: quilt.v1.QueryMaster.ListQueries:input_type -> quilt.v1.ListQueriesRequest
+	10, // 19: quilt.v1.QueryMaster.GetQuery:input_type -> quilt.v1.GetQueryRequest
+	11, // 20: quilt.v1.QueryMaster.ListPatterns:input_type -> quilt.v1.ListPatternsRequest
+	15, // 21: quilt.v1.QueryMaster.Status:input_type -> quilt.v1.StatusRequest
+	26, // 22: quilt.v1.QueryMaster.Query:output_type -> quilt.v1.QueryResult
+	27, // 23: quilt.v1.QueryMaster.Subscribe:output_type -> quilt.v1.Event
+	20, // 24: quilt.v1.QueryMaster.Act:output_type -> quilt.v1.ActionResult
+	3,  // 25: quilt.v1.QueryMaster.ActStream:output_type -> quilt.v1.ActStreamResponse
+	5,  // 26: quilt.v1.QueryMaster.ListSources:output_type -> quilt.v1.ListSourcesResponse
+	7,  // 27: quilt.v1.QueryMaster.ControlServer:output_type -> quilt.v1.ControlServerResponse
+	9,  // 28: quilt.v1.QueryMaster.ListQueries:output_type -> quilt.v1.ListQueriesResponse
+	24, // 29: quilt.v1.QueryMaster.GetQuery:output_type -> quilt.v1.QueryRecord
+	14, // 30: quilt.v1.QueryMaster.ListPatterns:output_type -> quilt.v1.ListPatternsResponse
+	16, // 31: quilt.v1.QueryMaster.Status:output_type -> quilt.v1.StatusResponse
+	22, // [22:32] is the sub-list for method output_type
+	12, // [12:22] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_quilt_v1_querymaster_proto_init() }
@@ -1018,7 +1168,7 @@ func file_quilt_v1_querymaster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quilt_v1_querymaster_proto_rawDesc), len(file_quilt_v1_querymaster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	QueryMaster_Query_FullMethodName         = "/quilt.v1.QueryMaster/Query"
 	QueryMaster_Subscribe_FullMethodName     = "/quilt.v1.QueryMaster/Subscribe"
 	QueryMaster_Act_FullMethodName           = "/quilt.v1.QueryMaster/Act"
+	QueryMaster_ActStream_FullMethodName     = "/quilt.v1.QueryMaster/ActStream"
 	QueryMaster_ListSources_FullMethodName   = "/quilt.v1.QueryMaster/ListSources"
 	QueryMaster_ControlServer_FullMethodName = "/quilt.v1.QueryMaster/ControlServer"
 	QueryMaster_ListQueries_FullMethodName   = "/quilt.v1.QueryMaster/ListQueries"
@@ -46,6 +47,21 @@ type QueryMasterClient interface {
 	// NOT_FOUND: unknown source or server; UNAVAILABLE: source not attached;
 	// DEADLINE_EXCEEDED: no result in time.
 	Act(ctx context.Context, in *ActRequest, opts ...grpc.CallOption) (*ActionResult, error)
+	// ActStream pipelines actions: each request is forwarded to its source
+	// manager as soon as it is read, in the order read, without waiting for
+	// the results of earlier ones, so actions for one server run in the order
+	// they were sent on the stream (source managers run a server's actions in
+	// order). Results come back as they arrive, not necessarily in order,
+	// each keyed by the request's ref. An action that fails on its own
+	// (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, DEADLINE_EXCEEDED, as for
+	// Act) gets a response with that code and message; the stream goes on.
+	// The stream itself ends with FAILED_PRECONDITION when this master is not
+	// (or stops being) the leader; actions still without a response then may
+	// or may not have run. Half-closing the request side ends the stream with
+	// OK once every action sent has its response. A master bounds the actions
+	// in flight per stream (4096): beyond it, reading pauses and gRPC flow
+	// control pushes back on the client.
+	ActStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ActStreamRequest, ActStreamResponse], error)
 	// ListSources lists source managers, attached or known from the store.
 	ListSources(ctx context.Context, in *ListSourcesRequest, opts ...grpc.CallOption) (*ListSourcesResponse, error)
 	// ControlServer enables, disables or reconnects a server; the choice is
@@ -116,6 +132,19 @@ func (c *queryMasterClient) Act(ctx context.Context, in *ActRequest, opts ...grp
 	}
 	return out, nil
 }
+
+func (c *queryMasterClient) ActStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ActStreamRequest, ActStreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &QueryMaster_ServiceDesc.Streams[2], QueryMaster_ActStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ActStreamRequest, ActStreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type QueryMaster_ActStreamClient = grpc.BidiStreamingClient[ActStreamRequest, ActStreamResponse]
 
 func (c *queryMasterClient) ListSources(ctx context.Context, in *ListSourcesRequest, opts ...grpc.CallOption) (*ListSourcesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -191,6 +220,21 @@ type QueryMasterServer interface {
 	// NOT_FOUND: unknown source or server; UNAVAILABLE: source not attached;
 	// DEADLINE_EXCEEDED: no result in time.
 	Act(context.Context, *ActRequest) (*ActionResult, error)
+	// ActStream pipelines actions: each request is forwarded to its source
+	// manager as soon as it is read, in the order read, without waiting for
+	// the results of earlier ones, so actions for one server run in the order
+	// they were sent on the stream (source managers run a server's actions in
+	// order). Results come back as they arrive, not necessarily in order,
+	// each keyed by the request's ref. An action that fails on its own
+	// (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE, DEADLINE_EXCEEDED, as for
+	// Act) gets a response with that code and message; the stream goes on.
+	// The stream itself ends with FAILED_PRECONDITION when this master is not
+	// (or stops being) the leader; actions still without a response then may
+	// or may not have run. Half-closing the request side ends the stream with
+	// OK once every action sent has its response. A master bounds the actions
+	// in flight per stream (4096): beyond it, reading pauses and gRPC flow
+	// control pushes back on the client.
+	ActStream(grpc.BidiStreamingServer[ActStreamRequest, ActStreamResponse]) error
 	// ListSources lists source managers, attached or known from the store.
 	ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error)
 	// ControlServer enables, disables or reconnects a server; the choice is
@@ -222,6 +266,9 @@ func (UnimplementedQueryMasterServer) Subscribe(*SubscribeRequest, grpc.ServerSt
 }
 func (UnimplementedQueryMasterServer) Act(context.Context, *ActRequest) (*ActionResult, error) {
 	return nil, status.Error(codes.Unimplemented, "method Act not implemented")
+}
+func (UnimplementedQueryMasterServer) ActStream(grpc.BidiStreamingServer[ActStreamRequest, ActStreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method ActStream not implemented")
 }
 func (UnimplementedQueryMasterServer) ListSources(context.Context, *ListSourcesRequest) (*ListSourcesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSources not implemented")
@@ -301,6 +348,13 @@ func _QueryMaster_Act_Handler(srv interface{}, ctx context.Context, dec func(int
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _QueryMaster_ActStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(QueryMasterServer).ActStream(&grpc.GenericServerStream[ActStreamRequest, ActStreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type QueryMaster_ActStreamServer = grpc.BidiStreamingServer[ActStreamRequest, ActStreamResponse]
 
 func _QueryMaster_ListSources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListSourcesRequest)
@@ -456,6 +510,12 @@ var QueryMaster_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Subscribe",
 			Handler:       _QueryMaster_Subscribe_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "ActStream",
+			Handler:       _QueryMaster_ActStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "quilt/v1/querymaster.proto",

@@ -8,6 +8,7 @@
 //	for res, err := range c.Query(ctx, &quiltv1.QueryRequest{Kind: "lastseen", Filter: ...}) { ... }
 //	err = c.Subscribe(ctx, quilt.SubscribeOptions{Filter: f}, func(e *quiltv1.Event) error { ... })
 //	res, err := c.Send(ctx, "irc", "libera", "#chan", "hello", quiltv1.SendStyle_SEND_STYLE_MESSAGE)
+//	as := c.ActStream(ctx) // pipelined: as.Send(ref, action, 0), outcomes on as.Outcomes()
 //
 // Leader following: a call answered FAILED_PRECONDITION ("not leader") or
 // UNAVAILABLE makes the client look the leader up again and retry (unary

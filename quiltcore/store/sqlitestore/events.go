@@ -200,8 +200,9 @@ func (s *Store) where(f *quiltv1.EventFilter, exactName string) (from string, co
 			conds = append(conds, "e.id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
 			args = append(args, `"`+strings.ReplaceAll(v, `"`, `""`)+`"`)
 		} else {
-			conds = append(conds, "quilt_icontains(e.text, ?)")
-			args = append(args, strings.ToLower(v))
+			c, a := containsCond("e.text", v)
+			conds = append(conds, c)
+			args = append(args, a...)
 		}
 	}
 	if v := f.GetTextRegex(); v != "" {
@@ -329,9 +330,89 @@ func (s *Store) globNames(ctx context.Context, glob string) ([]string, error) {
 	return out, rows.Err()
 }
 
+// containsCond is a case-insensitive substring test of col for needle
+// that SQLite evaluates without calling back into Go for most rows: for an
+// ASCII needle, LIKE (ASCII case folding) decides every row whose text is
+// ASCII, and only rows with other characters (where Unicode folding could
+// turn e.g. a Kelvin sign into "k") ask quilt_icontains.
+func containsCond(col, needle string) (string, []any) {
+	lower := strings.ToLower(needle)
+	for i := 0; i < len(needle); i++ {
+		if needle[i] >= utf8.RuneSelf {
+			return "quilt_icontains(" + col + ", ?)", []any{lower}
+		}
+	}
+	esc := strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(needle)
+	return "(" + col + " LIKE ? ESCAPE '\\' OR (length(" + col + ") <> octet_length(" + col + ") AND quilt_icontains(" + col + ", ?)))",
+		[]any{"%" + esc + "%", lower}
+}
+
+// textScanWindow is how many of the newest rows matching the other
+// filters a text search checks directly before asking the full-text
+// index. A phrase found in more than 1 in 200 events fills a page inside
+// the window: checking 20k rows in index order costs a few milliseconds,
+// while the trigram index must intersect every posting list of the
+// phrase's trigrams over the whole table (hundreds of milliseconds at 1M
+// events for common words) before it can sort by time.
+const textScanWindow = 20000
+
 // page runs one ordered, limited query (exactName overrides the filter's
 // user).
 func (s *Store) page(ctx context.Context, f *quiltv1.EventFilter, exactName string, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
+	if f.GetText() != "" {
+		rows, full, err := s.scanPage(ctx, f, exactName, after, oldest, n)
+		if err != nil || full {
+			return rows, err
+		}
+	}
+	return s.indexPage(ctx, f, exactName, after, oldest, n)
+}
+
+// scanPage answers a text search from the newest textScanWindow rows of
+// the rest of the filter; full is false when they held fewer than n
+// matches (older rows may hold the rest).
+func (s *Store) scanPage(ctx context.Context, f *quiltv1.EventFilter, exactName string, after *storeutil.Key, oldest bool, n int) (rows []pageRow, full bool, err error) {
+	rest := proto.Clone(f).(*quiltv1.EventFilter)
+	rest.Text = ""
+	from, conds, args, tcol, idcol := s.where(rest, exactName)
+	cmp, dir := "<", "DESC"
+	if oldest {
+		cmp, dir = ">", "ASC"
+	}
+	if after != nil {
+		conds = append(conds, "("+tcol+", "+idcol+") "+cmp+" (?, ?)")
+		args = append(args, after.TimeNS, after.Seq)
+	}
+	textCond, textArgs := containsCond("x.text", f.GetText())
+	query := "SELECT x.id, x.t, ev.data FROM (SELECT e.id AS id, " + tcol + " AS t, e.text AS text FROM " + from + whereSQL(conds) +
+		" ORDER BY " + tcol + " " + dir + ", " + idcol + " " + dir + " LIMIT ?) x CROSS JOIN events ev ON ev.id = x.id WHERE " + textCond +
+		" ORDER BY x.t " + dir + ", x.id " + dir + " LIMIT ?"
+	args = append(args, textScanWindow)
+	args = append(args, textArgs...)
+	args = append(args, n)
+	r, err := s.rdb.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, false, fmt.Errorf("sqlitestore: query events: %w", err)
+	}
+	defer r.Close()
+	for r.Next() {
+		var row pageRow
+		if err := r.Scan(&row.key.Seq, &row.key.TimeNS, &row.data); err != nil {
+			return nil, false, fmt.Errorf("sqlitestore: query events: %w", err)
+		}
+		rows = append(rows, row)
+	}
+	if err := r.Err(); err != nil {
+		return nil, false, fmt.Errorf("sqlitestore: query events: %w", err)
+	}
+	if len(rows) < n {
+		return nil, false, nil
+	}
+	return rows, true, nil
+}
+
+// indexPage runs the page query with every filter in SQL.
+func (s *Store) indexPage(ctx context.Context, f *quiltv1.EventFilter, exactName string, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
 	from, conds, args, tcol, idcol := s.where(f, exactName)
 	cmp, dir := "<", "DESC"
 	if oldest {

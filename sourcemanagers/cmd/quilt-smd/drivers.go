@@ -5,6 +5,7 @@ import (
 	"github.com/quilt/quilt/sourcemanagers/matrix"
 	"github.com/quilt/quilt/sourcemanagers/runtime"
 	"github.com/quilt/quilt/sourcemanagers/testdriver"
+	"github.com/quilt/quilt/sourcemanagers/xmpp"
 )
 
 // drivers are the protocols this binary serves. Adding one is one line
@@ -13,4 +14,5 @@ var drivers = []runtime.Driver{
 	irc.Driver{},
 	matrix.Driver{},
 	testdriver.Driver{},
+	xmpp.Driver{},
 }

@@ -103,7 +103,7 @@ func (m *Master) actStreamReader(ctx context.Context, cancel context.CancelCause
 		p, err := m.router.Submit(ctx, req.GetAction())
 		if err != nil {
 			m.logActFailure(req.GetAction(), err)
-			respond(errResponse(ref, err))
+			respond(errResponse(ref, err, false))
 			continue
 		}
 		timeout := time.Duration(req.GetTimeoutSeconds()) * time.Second
@@ -118,7 +118,7 @@ func (m *Master) actStreamReader(ctx context.Context, cancel context.CancelCause
 					return
 				}
 				m.logActFailure(req.GetAction(), err)
-				respond(errResponse(ref, err))
+				respond(errResponse(ref, err, true))
 				return
 			}
 			respond(&quiltv1.ActStreamResponse{Ref: ref, Result: res})
@@ -126,13 +126,13 @@ func (m *Master) actStreamReader(ctx context.Context, cancel context.CancelCause
 	}
 }
 
-func errResponse(ref uint64, err error) *quiltv1.ActStreamResponse {
+func errResponse(ref uint64, err error, forwarded bool) *quiltv1.ActStreamResponse {
 	st := status.Convert(err)
 	code := st.Code()
 	if code == codes.OK {
 		code = codes.Unknown
 	}
-	return &quiltv1.ActStreamResponse{Ref: ref, Code: int32(code), Message: st.Message()}
+	return &quiltv1.ActStreamResponse{Ref: ref, Code: int32(code), Message: st.Message(), Forwarded: forwarded}
 }
 
 func (m *Master) logActFailure(a *quiltv1.Action, err error) {

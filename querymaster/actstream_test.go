@@ -86,7 +86,7 @@ func TestActStreamPipelines(t *testing.T) {
 			t.Fatal(err)
 		}
 		c, ok := want[r.Ref]
-		if !ok || r.Result != nil || codes.Code(r.Code) != c || r.Message == "" {
+		if !ok || r.Result != nil || codes.Code(r.Code) != c || r.Message == "" || r.Forwarded != (r.Ref == 4) {
 			t.Fatalf("response %v, want code %v for ref %d", r, c, r.Ref)
 		}
 		delete(want, r.Ref)
@@ -131,7 +131,7 @@ func TestActStreamDetachAndLeaderLoss(t *testing.T) {
 	sm.cancel()
 	for i := 0; i < 2; i++ {
 		r, err := stream.Recv()
-		if err != nil || codes.Code(r.Code) != codes.Unavailable {
+		if err != nil || codes.Code(r.Code) != codes.Unavailable || !r.Forwarded {
 			t.Fatalf("response %v, %v; want UNAVAILABLE", r, err)
 		}
 	}

@@ -29,6 +29,10 @@ type ActOutcome struct {
 	Ref    uint64
 	Result *quiltv1.ActionResult
 	Err    error
+	// MayHaveRun is set with Err when the action had reached its source
+	// manager (DEADLINE_EXCEEDED, detached before answering) or its stream
+	// broke (ErrActLost); unset with Err, the action surely did not run.
+	MayHaveRun bool
 }
 
 // ActStream pipelines actions over the QueryMaster ActStream RPC: Send
@@ -193,6 +197,7 @@ func (s *ActStream) read(ac *actConn) {
 				code = codes.Unknown
 			}
 			o.Err = status.Error(code, r.Message)
+			o.MayHaveRun = r.Forwarded
 		}
 		if !s.emit(o) {
 			return
@@ -225,7 +230,7 @@ func (s *ActStream) read(ac *actConn) {
 	}
 	werr := fmt.Errorf("%w (%s): %v", ErrActLost, ac.addr, s.c.explain(err, ac.addr))
 	for _, ref := range lost {
-		if !s.emit(ActOutcome{Ref: ref, Err: werr}) {
+		if !s.emit(ActOutcome{Ref: ref, Err: werr, MayHaveRun: true}) {
 			return
 		}
 	}

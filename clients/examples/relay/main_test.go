@@ -10,16 +10,28 @@ import (
 	"github.com/quilt/quilt/clients/quilt"
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/querymaster/query/querytest"
+	"github.com/quilt/quilt/sourcemanagers/testdriver"
 )
 
 // TestRelayAcrossRestart relays #a of alpha to #c of beta while the query
 // master restarts: every message arrives once, in order, and the bot's own
-// messages in #a are not relayed.
+// messages in #a are not relayed; one message at a time, and with a window
+// of messages in flight, where the restart leaves several in doubt.
 func TestRelayAcrossRestart(t *testing.T) {
+	for _, w := range []int{1, 256} {
+		t.Run(fmt.Sprintf("window=%d", w), func(t *testing.T) { testRelayAcrossRestart(t, w) })
+	}
+}
+
+func testRelayAcrossRestart(t *testing.T, window int) {
 	c := querytest.Start(t, querytest.Options{Sources: []querytest.Source{
 		{Name: "alpha", Servers: map[string][]string{"net1": {"#a"}}},
-		{Name: "beta", Servers: map[string][]string{"net2": {"#c"}}},
 	}})
+	// A throttled destination keeps a window's worth of messages queued
+	// in its source manager, so the restart leaves many in doubt: some
+	// sent with their results lost, some never forwarded.
+	c.AddSourceFile("beta", "protocol = test\n\n[server net2]\nusers = 3\nchannels = #c\nthrottle = 10ms\nthrottle_burst = 1\n", testdriver.Driver{})
+	c.WaitAttached(10*time.Second, "alpha", "beta")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cl, err := quilt.Dial(ctx, quilt.Options{ConfigDir: c.Dir})
@@ -27,7 +39,8 @@ func TestRelayAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	r := &Relay{Client: cl, From: Endpoint{"alpha", "net1", "#a"}, To: Endpoint{"beta", "net2", "#c"}, Format: "<{nick}> {text}", Log: slog.New(slog.NewTextHandler(tlog{t}, nil))}
+	r := &Relay{Client: cl, From: Endpoint{"alpha", "net1", "#a"}, To: Endpoint{"beta", "net2", "#c"}, Format: "<{nick}> {text}", Window: window,
+		Log: slog.New(slog.NewTextHandler(tlog{t}, nil))}
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 	for c.Master().Subscribers() == 0 {

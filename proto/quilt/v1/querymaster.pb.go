@@ -210,8 +210,13 @@ type ActStreamResponse struct {
 	Result *ActionResult `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
 	// Without result: a gRPC status code number (google.rpc.Code) saying why
 	// the action got no result, and a message for people.
-	Code          int32  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	Code    int32  `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// Without result: whether the action had been handed to its source
+	// manager. False means it surely did not run (unknown source, not
+	// attached, invalid); true (DEADLINE_EXCEEDED, detached before
+	// answering) means it may have.
+	Forwarded     bool `protobuf:"varint,5,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -272,6 +277,13 @@ func (x *ActStreamResponse) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *ActStreamResponse) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
 }
 
 type ListSourcesRequest struct {
@@ -1010,12 +1022,13 @@ const file_quilt_v1_querymaster_proto_rawDesc = "" +
 	"\x10ActStreamRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12(\n" +
 	"\x06action\x18\x02 \x01(\v2\x10.quilt.v1.ActionR\x06action\x12'\n" +
-	"\x0ftimeout_seconds\x18\x03 \x01(\x05R\x0etimeoutSeconds\"\x83\x01\n" +
+	"\x0ftimeout_seconds\x18\x03 \x01(\x05R\x0etimeoutSeconds\"\xa1\x01\n" +
 	"\x11ActStreamResponse\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\x04R\x03ref\x12.\n" +
 	"\x06result\x18\x02 \x01(\v2\x16.quilt.v1.ActionResultR\x06result\x12\x12\n" +
 	"\x04code\x18\x03 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x04 \x01(\tR\amessage\"?\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1c\n" +
+	"\tforwarded\x18\x05 \x01(\bR\tforwarded\"?\n" +
 	"\x12ListSourcesRequest\x12)\n" +
 	"\x10include_detached\x18\x01 \x01(\bR\x0fincludeDetached\"E\n" +
 	"\x13ListSourcesResponse\x12.\n" +

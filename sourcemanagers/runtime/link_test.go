@@ -11,6 +11,7 @@ import (
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/quiltcore/config"
+	"github.com/quilt/quilt/quiltcore/model"
 	"github.com/quilt/quilt/sourcemanagers/runtime"
 	"github.com/quilt/quilt/sourcemanagers/testdriver"
 	"google.golang.org/grpc"
@@ -386,5 +387,37 @@ func TestLinkReplayAfterDropKeepsSeqs(t *testing.T) {
 		if b.Seq != want.Seq || len(b.Events) != len(want.Events) || b.Events[0].Id != want.Events[0].Id {
 			t.Fatalf("replayed batch %d: seq %d (%d events), want seq %d (%d events)", i, b.Seq, len(b.Events), want.Seq, len(want.Events))
 		}
+	}
+}
+
+// An event with invalid UTF-8 cannot be encoded as it is; the link repairs
+// it instead of failing every send (and every replay) of its batch.
+func TestLinkRepairsInvalidUTF8(t *testing.T) {
+	qm := newFakeQM()
+	drv := floodDriver{fn: func(ctx context.Context, emit runtime.Emitter) {
+		e := model.NewMessage(time.Now(), &quiltv1.User{Transient: "bad\xffnick"}, "#c", "caf\xe9")
+		e.Tags = map[string]string{"k\xfe": "v\xfd", "ok": "fine"}
+		ok := model.NewMessage(time.Now(), &quiltv1.User{Transient: "alice"}, "#c", "after")
+		_ = emit.Emit(ctx, []*quiltv1.Event{e, ok}, nil)
+	}}
+	cfg := &config.SourceManager{Name: "sm", Protocol: config.ProtocolTest, Enabled: true, ConnectionCycle: time.Minute,
+		Servers: []config.Server{{Name: "net", Enabled: true}}}
+	startLinkedWith(t, qm, cfg, drv, runtime.LinkOptions{BatchDelay: time.Millisecond})
+	qm.stream(t)
+	qm.until(t, "both messages", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MESSAGE) == 2 })
+	qm.mu.Lock()
+	defer qm.mu.Unlock()
+	var msgs []*quiltv1.Event
+	for _, e := range eventsOf(t, qm.batches) {
+		if e.Kind == quiltv1.EventKind_EVENT_KIND_MESSAGE {
+			msgs = append(msgs, e)
+		}
+	}
+	if got := msgs[0]; got.Text != "caf\uFFFD" || got.User.Transient != "bad\uFFFDnick" ||
+		got.Tags["k\uFFFD"] != "v\uFFFD" || got.Tags["ok"] != "fine" || len(got.Tags) != 2 {
+		t.Errorf("repaired event: text %q user %q tags %q", got.Text, got.User.Transient, got.Tags)
+	}
+	if msgs[1].Text != "after" {
+		t.Errorf("second event text %q", msgs[1].Text)
 	}
 }

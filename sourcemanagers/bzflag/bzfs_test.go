@@ -153,6 +153,13 @@ func TestBZFlagAgainstBZFS(t *testing.T) {
 	if !e.Private {
 		t.Fatalf("alice got the private message as %v", e)
 	}
+	if res := bc.act(&quiltv1.Action{Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: bzflag.GameChannel, Text: "waves", Style: quiltv1.SendStyle_SEND_STYLE_EMOTE}); !res.Ok {
+		t.Fatalf("emote: %v", res)
+	}
+	e = alice.Wait(10*time.Second, func(e *quiltv1.Event) bool { return e.Kind == kChat && strings.Contains(e.Text, "waves") })
+	if e.Tags["type"] != "action" || e.User.GetTransient() != "quiltbot" {
+		t.Fatalf("emote arrived as %v", e)
+	}
 	// a message that looks like a command is said, not run
 	if res := bc.act(&quiltv1.Action{Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: bzflag.GameChannel, Text: "/help is not a command here"}); !res.Ok {
 		t.Fatalf("send slash text: %v", res)

@@ -194,6 +194,7 @@ type Session struct {
 	pending        []*player
 	pendingInitial bool // CONNECTED + MEMBERS wait the same way
 	pendingSince   time.Time
+	held           []*quiltv1.Event // server messages that came before CONNECTED
 
 	started       time.Time
 	lastRecv      time.Time
@@ -326,6 +327,13 @@ func (s *Session) handle(now time.Time, code uint16, p []byte, out *runtime.Outp
 	switch code {
 	case msgAddPlayer, msgPlayerInfo, msgLagPing, msgTeamUpdate, msgGameTime, msgSetVar:
 		// these may come between a MsgAddPlayer and its MsgPlayerInfo
+	case msgMessage:
+		// bzfs greets a new player between its MsgAddPlayer and the
+		// MsgPlayerInfo; those server lines wait (see message) rather
+		// than announce the player list before its attributes are known.
+		if s.hasPending() && !(s.pendingInitial && len(p) > 0 && p[0] == serverPlayer) {
+			s.flush(now, out)
+		}
 	default:
 		if s.hasPending() {
 			s.flush(now, out)
@@ -504,6 +512,8 @@ func (s *Session) flush(now time.Time, out *runtime.Output) {
 			ev.Members = append(ev.Members, &quiltv1.Member{User: s.user(pl), Modes: s.modes(pl)})
 		}
 		s.emit(out, now, ev)
+		out.Events = append(out.Events, s.held...)
+		s.held = nil
 		s.pending = s.pending[:0]
 		return
 	}
@@ -562,6 +572,12 @@ func (s *Session) message(now time.Time, p []byte, out *runtime.Output) {
 	}
 	if typ == actionMessage {
 		ev.Tags = map[string]string{"type": "action"}
+	}
+	if s.pendingInitial {
+		var held runtime.Output
+		s.emit(&held, now, ev)
+		s.held = append(s.held, held.Events...)
+		return
 	}
 	s.emit(out, now, ev)
 }

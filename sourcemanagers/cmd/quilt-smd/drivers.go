@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/quilt/quilt/sourcemanagers/bzflag"
 	"github.com/quilt/quilt/sourcemanagers/irc"
 	"github.com/quilt/quilt/sourcemanagers/matrix"
 	"github.com/quilt/quilt/sourcemanagers/runtime"
@@ -11,6 +12,7 @@ import (
 // drivers are the protocols this binary serves. Adding one is one line
 // here (and its import).
 var drivers = []runtime.Driver{
+	bzflag.Driver{},
 	irc.Driver{},
 	matrix.Driver{},
 	testdriver.Driver{},

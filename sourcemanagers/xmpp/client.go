@@ -171,14 +171,9 @@ func (c *Client) negotiate(ctx context.Context, nc io.ReadWriter) (*xmpp.Session
 	}
 	features = append(features,
 		xmpp.SASL("", c.set.password, sasl.ScramSha256, sasl.ScramSha1, sasl.Plain),
-		xmpp.BindResource())
+		bindFeature(c.set.jid.Resourcepart()))
 	sess, err := xmpp.NewSession(nctx, c.set.jid.Domain(), c.set.jid, nc, state,
-		xmpp.NewNegotiator(func(s *xmpp.Session, _ *xmpp.StreamConfig) xmpp.StreamConfig {
-			if s != nil {
-				// The server's stream header resets mellium's idea of our
-				// address to the bare JID; bind must ask for our resource.
-				s.UpdateAddr(c.set.jid)
-			}
+		xmpp.NewNegotiator(func(*xmpp.Session, *xmpp.StreamConfig) xmpp.StreamConfig {
 			return xmpp.StreamConfig{Features: features}
 		}))
 	if err != nil {

@@ -149,7 +149,7 @@ reconnect_max = 1s
 	x := &xcluster{t: t, c: c, st: st}
 
 	conn := x.events(20*time.Second, 1, &quiltv1.EventFilter{Kinds: kinds(quiltv1.EventKind_EVENT_KIND_CONNECTED)})[0]
-	if u := conn.User; !strings.HasPrefix(u.Transient, "alice@localhost/") || u.Persistent != "alice@localhost" || u.Group != "alice@localhost" || !u.Self {
+	if u := conn.User; u.Transient != "alice@localhost/quilt" || u.Persistent != "alice@localhost" || u.Group != "alice@localhost" || !u.Self {
 		t.Fatalf("CONNECTED user: %v", u)
 	}
 	join := x.events(20*time.Second, 1, &quiltv1.EventFilter{Channel: room, Kinds: kinds(quiltv1.EventKind_EVENT_KIND_JOIN)})[0]

@@ -328,6 +328,13 @@ func (l *link) send(msg *quiltv1.SourceMessage) {
 		l.log.Debug("not attached; message dropped", "type", fmt.Sprintf("%T", msg.Msg))
 		return
 	}
+	select {
+	case ch <- msg:
+		return
+	default:
+	}
+	// Full: wait a little (a timer per message would cost every action
+	// result an allocation while the queue has room).
 	t := time.NewTimer(time.Second)
 	defer t.Stop()
 	select {

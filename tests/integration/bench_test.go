@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,23 +64,36 @@ func BenchmarkPipeline(b *testing.B) {
 }
 
 // BenchmarkActRoundTrip measures Act → query master → source manager →
-// test driver → ActionResult, sequential and with 16 concurrent callers.
+// test driver → ActionResult, sequential and with 16 concurrent callers
+// (16 goroutines per CPU, b.SetParallelism). With servers=1 every action
+// goes through the one server's command queue, which runs them one at a
+// time in order (seed 000; the test servers have no throttle): concurrent
+// callers only overlap the transport hops. servers=4 spreads the callers
+// over four servers' queues, as actions to different networks would be.
 func BenchmarkActRoundTrip(b *testing.B) {
-	for _, par := range []int{1, 16} {
-		b.Run(fmt.Sprintf("callers=%d", par), func(b *testing.B) {
+	for _, v := range []struct{ callers, servers int }{{1, 1}, {16, 1}, {16, 4}} {
+		b.Run(fmt.Sprintf("callers=%d/servers=%d", v.callers, v.servers), func(b *testing.B) {
 			c := benchCluster(b, "discard")
-			c.startSM(smConfig("bench", "net"), runtime.LinkOptions{})
+			var names []string
+			for i := range v.servers {
+				names = append(names, fmt.Sprintf("net%d", i+1))
+			}
+			c.startSM(smConfig("bench", names...), runtime.LinkOptions{})
 			eventually(b, 10*time.Second, "attached", func() bool { return c.attached("bench") })
-			c.emit("bench", "net", 1) // the session is up
-			req := &quiltv1.ActRequest{Action: &quiltv1.Action{Source: "bench", Server: "net",
-				Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: "#c", Text: "ping"}}
-			b.SetParallelism(par)
+			for _, n := range names {
+				c.emit("bench", n, 1) // the session is up
+			}
+			var next atomic.Int64
+			b.SetParallelism(v.callers)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
+				srv := names[int(next.Add(1))%len(names)]
+				req := &quiltv1.ActRequest{Action: &quiltv1.Action{Source: "bench", Server: srv,
+					Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: "#c", Text: "ping"}}
 				for pb.Next() {
 					res, err := c.qm.Act(context.Background(), req)
 					if err != nil || !res.Ok {
-						b.Errorf("act: %v %v", res, err)
+						b.Errorf("act on %s: %v %v", srv, res, err)
 						return
 					}
 				}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/querymaster/query/querytest"
 	"github.com/quilt/quilt/quiltcore/config"
@@ -183,6 +185,13 @@ func TestIRCAgainstNGIRCd(t *testing.T) {
 	alice.Wait(10*time.Second, func(l string) bool { return strings.HasSuffix(l, "PRIVMSG #quilt :hello humans") })
 	ic.act(&quiltv1.Action{Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: "alice", Text: "a private word", Style: quiltv1.SendStyle_SEND_STYLE_NOTICE})
 	alice.Wait(10*time.Second, func(l string) bool { return strings.HasSuffix(l, "NOTICE alice :a private word") })
+
+	// a bad action fails with its own code, not a generic one
+	bad, err := ic.c.Master().Router().Act(context.Background(), &quiltv1.Action{Source: "irc", Server: "local",
+		Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: "#quilt x", Text: "nope"}, 10*time.Second)
+	if err != nil || bad.Ok || codes.Code(bad.Code) != codes.InvalidArgument {
+		t.Fatalf("bad target: result %v, err %v; want a failed result with InvalidArgument", bad, err)
+	}
 
 	// the bot is channel operator: kick bobby from #quilt
 	ic.act(&quiltv1.Action{Kind: quiltv1.ActionKind_ACTION_KIND_KICK, Target: "#quilt", User: "bobby", Text: "testing kicks"})

@@ -916,14 +916,17 @@ func applyMode(modes []string, letter string, add bool) []string {
 
 // ActionError carries a gRPC code for the action result.
 type ActionError struct {
-	Code codes.Code
-	Msg  string
+	Status codes.Code
+	Msg    string
 }
 
 func (e *ActionError) Error() string { return e.Msg }
 
+// Code is what the runtime reports in the ActionResult.
+func (e *ActionError) Code() codes.Code { return e.Status }
+
 func invalid(format string, a ...any) error {
-	return &ActionError{Code: codes.InvalidArgument, Msg: fmt.Sprintf(format, a...)}
+	return &ActionError{Status: codes.InvalidArgument, Msg: fmt.Sprintf(format, a...)}
 }
 
 // Do turns an action into IRC lines.
@@ -935,7 +938,7 @@ func (s *Session) Do(now time.Time, a *quiltv1.Action) (runtime.Output, error) {
 		return out, nil
 	}
 	if !s.registered {
-		return out, &ActionError{Code: codes.Unavailable, Msg: ErrNotRegistered.Error()}
+		return out, &ActionError{Status: codes.Unavailable, Msg: ErrNotRegistered.Error()}
 	}
 	target := a.GetTarget()
 	switch a.GetKind() {
@@ -1012,7 +1015,7 @@ func (s *Session) Do(now time.Time, a *quiltv1.Action) (runtime.Output, error) {
 		}
 		out.Send = append(out.Send, []byte(line+"\r\n"))
 	default:
-		return out, &ActionError{Code: codes.Unimplemented, Msg: fmt.Sprintf("irc: action %s not supported", a.GetKind())}
+		return out, &ActionError{Status: codes.Unimplemented, Msg: fmt.Sprintf("irc: action %s not supported", a.GetKind())}
 	}
 	return out, nil
 }

@@ -504,7 +504,7 @@ func TestActions(t *testing.T) {
 	h := newHarness(t, Settings{Nick: "bot"})
 	if _, err := h.s.Do(h.now, &quiltv1.Action{Kind: quiltv1.ActionKind_ACTION_KIND_SEND, Target: "#c", Text: "x"}); err == nil {
 		t.Fatal("send before registration must fail")
-	} else if ae := (*ActionError)(nil); !errors.As(err, &ae) || ae.Code != codes.Unavailable {
+	} else if ae := (*ActionError)(nil); !errors.As(err, &ae) || ae.Code() != codes.Unavailable {
 		t.Fatalf("err = %v", err)
 	}
 	h.register()

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -115,7 +116,7 @@ func (q *commandQueue) run(ctx context.Context) {
 			code := codes.Unknown
 			if ctx.Err() != nil {
 				code = codes.Unavailable
-			} else if c, ok := err.(interface{ Code() codes.Code }); ok {
+			} else if c := coder(nil); errors.As(err, &c) {
 				code = c.Code()
 			} else {
 				code = codes.FailedPrecondition
@@ -163,3 +164,6 @@ func (q *commandQueue) stop() {
 func failed(a *quiltv1.Action, c codes.Code, msg string) *quiltv1.ActionResult {
 	return &quiltv1.ActionResult{ActionId: a.GetId(), Ok: false, Error: msg, Code: int32(c)}
 }
+
+// coder is an error that names its gRPC code (drivers' action errors).
+type coder interface{ Code() codes.Code }

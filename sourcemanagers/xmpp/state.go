@@ -98,6 +98,11 @@ func (r *room) finishJoin(err error) {
 func (t *tracker) handle(st *stanza, now time.Time) []*quiltv1.Event {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if st.From == "" {
+		// RFC 6120 §8.1.2.1: no from means our own account (mellium also
+		// blanks a from equal to our bare JID).
+		st.From = t.self.Persistent
+	}
 	switch st.XMLName.Local {
 	case "presence":
 		return t.presence(st, now)

@@ -93,6 +93,9 @@ func NewClient(cfg runtime.SessionConfig, deps runtime.ClientDeps, roots *x509.C
 // Run connects, negotiates the stream, reports CONNECTED and turns stanzas
 // into events until ctx ends or the stream does.
 func (c *Client) Run(ctx context.Context, emit runtime.Emitter, connected func(self *quiltv1.User)) error {
+	// Whatever ends Run also releases a stanza handler waiting on inbox.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	if c.set.tls == nil {
 		c.log.Warn("xmpp: STARTTLS is OFF for this server (tls = false): the password and every message cross the network in clear",
 			"server", c.set.name, "address", c.set.addr)

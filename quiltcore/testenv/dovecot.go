@@ -48,9 +48,10 @@ type DovecotServer struct {
 	port     int
 	cred     *syscall.Credential
 
-	mu   sync.Mutex
-	proc *proc
-	runs int
+	mu        sync.Mutex
+	proc      *proc
+	runs      int
+	delivered int
 }
 
 // Dovecot starts a private dovecot with accounts alice/alicepw and
@@ -117,7 +118,48 @@ func (d *DovecotServer) Stop() {
 	d.proc = nil
 	d.mu.Unlock()
 	if p != nil {
-		p.stop()
+		stopGroup(p)
+	}
+}
+
+// stopGroup stops dovecot's whole process group: the master alone leaves
+// the imap processes of connected clients running (they keep serving an
+// IDLE until the client goes), which is neither a restart nor clean.
+func stopGroup(p *proc) {
+	pgid := p.cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+	}
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	<-p.done
+}
+
+// Deliver puts a mail into user's INBOX the way a local delivery agent
+// does (a file in Maildir/new), so mail can arrive while the server is down.
+func (d *DovecotServer) Deliver(t testing.TB, user, raw string) {
+	t.Helper()
+	if _, ok := d.Accounts[user]; !ok {
+		t.Fatalf("testenv: dovecot has no account %q", user)
+	}
+	d.mu.Lock()
+	d.delivered++
+	n := d.delivered
+	d.mu.Unlock()
+	md := filepath.Join(d.dir, "home", user, "Maildir")
+	name := fmt.Sprintf("%d.D%dP%d.quilt", time.Now().Unix(), n, os.Getpid())
+	tmp := filepath.Join(md, "tmp", name)
+	if err := os.WriteFile(tmp, []byte(raw), 0o600); err != nil {
+		t.Fatalf("testenv: dovecot deliver: %v", err)
+	}
+	if d.cred != nil {
+		if err := os.Chown(tmp, int(d.cred.Uid), int(d.cred.Gid)); err != nil {
+			t.Fatalf("testenv: dovecot deliver: %v", err)
+		}
+	}
+	if err := os.Rename(tmp, filepath.Join(md, "new", name)); err != nil {
+		t.Fatalf("testenv: dovecot deliver: %v", err)
 	}
 }
 
@@ -155,12 +197,11 @@ func (d *DovecotServer) start() error {
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.Env = append(os.Environ(), "HOME="+d.dir)
 	cmd.SysProcAttr = sysProcAttr()
-	if d.cred != nil {
-		if cmd.SysProcAttr == nil {
-			cmd.SysProcAttr = &syscall.SysProcAttr{}
-		}
-		cmd.SysProcAttr.Credential = d.cred
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
+	cmd.SysProcAttr.Setpgid = true // see stopGroup
+	cmd.SysProcAttr.Credential = d.cred
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		return fmt.Errorf("start dovecot: %w", err)
@@ -184,7 +225,7 @@ func (d *DovecotServer) start() error {
 		return err == nil && strings.HasPrefix(line, "* OK") && strings.Contains(line, "quilt test dovecot"), nil
 	})
 	if err != nil {
-		p.stop()
+		stopGroup(p)
 		return err
 	}
 	d.mu.Lock()

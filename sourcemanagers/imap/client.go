@@ -45,7 +45,6 @@ type Client struct {
 	log    *slog.Logger
 	clock  runtime.Clock
 	dialer transport.Dialer
-	self   *quiltv1.User
 	stored map[string]string // cursors from SessionConfig
 
 	// PollInterval is how often every watched mailbox is checked (with
@@ -93,7 +92,6 @@ func NewClient(cfg runtime.SessionConfig, deps runtime.ClientDeps) (*Client, err
 		log.Warn("imap: TLS is off (tls = false): the password and every mail cross the network in clear",
 			"server", cfg.Server.Name, "host", set.Host)
 	}
-	u := set.Username
 	return &Client{
 		source:       cfg.Source,
 		name:         cfg.Server.Name,
@@ -102,7 +100,6 @@ func NewClient(cfg runtime.SessionConfig, deps runtime.ClientDeps) (*Client, err
 		log:          log,
 		clock:        clock,
 		dialer:       dialer,
-		self:         &quiltv1.User{Transient: u, Persistent: u, Display: u, Group: u, Self: true},
 		stored:       cfg.Cursors,
 		PollInterval: set.PollInterval,
 		reqs:         make(chan *request),
@@ -171,7 +168,7 @@ func (c *Client) Run(ctx context.Context, emit runtime.Emitter, connected func(s
 	}
 	c.log.Info("logged in", "server", c.name, "address", conn.RemoteAddr(), "user", c.set.Username, "idle", s.idle)
 	close(c.ready)
-	connected(c.self)
+	connected(c.selfUser())
 	return s.loop(ctx)
 }
 
@@ -218,6 +215,13 @@ func (c *Client) Do(ctx context.Context, a *quiltv1.Action) (int, error) {
 	case <-ctx.Done():
 		return 0, context.Cause(ctx)
 	}
+}
+
+// selfUser is the bot's account, all four names its login; a new one per
+// event, since Emit may change the users it is given.
+func (c *Client) selfUser() *quiltv1.User {
+	u := c.set.Username
+	return &quiltv1.User{Transient: u, Persistent: u, Display: u, Group: u, Self: true}
 }
 
 // startPosition is where watching mailbox resumes: the stored cursor or
@@ -407,7 +411,7 @@ func (s *session) join(ctx context.Context, name string) (actErr, fatal error) {
 	}
 	b := &box{name: name}
 	b.pos, b.known = s.c.startPosition(name)
-	ev := model.NewEvent(quiltv1.EventKind_EVENT_KIND_JOIN, s.c.clock.Now(), s.c.self)
+	ev := model.NewEvent(quiltv1.EventKind_EVENT_KIND_JOIN, s.c.clock.Now(), s.c.selfUser())
 	ev.Channel = name
 	ev.ChannelInfo = &quiltv1.ChannelInfo{Name: name, Attrs: map[string]string{
 		"uidvalidity": fmt.Sprint(sel.UIDValidity),
@@ -430,7 +434,7 @@ func (s *session) part(ctx context.Context, name string) (actErr, fatal error) {
 	}
 	delete(s.boxes, name)
 	s.order = slices.DeleteFunc(s.order, func(n string) bool { return n == name })
-	ev := model.NewEvent(quiltv1.EventKind_EVENT_KIND_PART, s.c.clock.Now(), s.c.self)
+	ev := model.NewEvent(quiltv1.EventKind_EVENT_KIND_PART, s.c.clock.Now(), s.c.selfUser())
 	ev.Channel = name
 	return nil, s.emit.Emit(ctx, []*quiltv1.Event{ev}, nil)
 }

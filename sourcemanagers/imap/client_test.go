@@ -330,4 +330,7 @@ func waitIdle(t *testing.T, ch chan struct{}) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no IDLE within 5s")
 	}
+	// imapmemserver answers "+ idling" before its session starts listening
+	// for updates, and drops the wake-up of a mail stored in between.
+	time.Sleep(50 * time.Millisecond)
 }

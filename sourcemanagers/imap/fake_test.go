@@ -314,3 +314,7 @@ func sessionConfig(t *testing.T, srv *config.Server) runtime.SessionConfig {
 func depsFor(f *fake) runtime.ClientDeps {
 	return runtime.ClientDeps{Dialer: f.dialer, Clock: runtime.SystemClock{}}
 }
+
+func slogFor(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/quilt/quilt/sourcemanagers/bzflag"
+	"github.com/quilt/quilt/sourcemanagers/imap"
 	"github.com/quilt/quilt/sourcemanagers/irc"
 	"github.com/quilt/quilt/sourcemanagers/matrix"
 	"github.com/quilt/quilt/sourcemanagers/runtime"
@@ -13,6 +14,7 @@ import (
 // here (and its import).
 var drivers = []runtime.Driver{
 	bzflag.Driver{},
+	imap.Driver{},
 	irc.Driver{},
 	matrix.Driver{},
 	testdriver.Driver{},

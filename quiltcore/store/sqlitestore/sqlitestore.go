@@ -30,6 +30,8 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
 
@@ -65,6 +67,13 @@ type Store struct {
 
 	// Owned by the writer goroutine.
 	w writerState
+
+	// commits counts the writer's commits and lastCommit is the time of
+	// the newest (unix ns), so the checkpointer knows when the writer is
+	// idle and whether anything is left to copy back.
+	commits    atomic.Int64
+	lastCommit atomic.Int64
+	ckptDone   chan struct{}
 }
 
 var _ store.Store = (*Store)(nil)
@@ -143,7 +152,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	// 256 MiB of page cache for the writer: the indexes it updates are
 	// spread over the file (a channel's or a user's newest pages), and a
 	// miss is a read inside the write lock.
-	dc, err := drv.Open("file:" + path + "?_journal_mode=WAL&_synchronous=" + syncMode + "&_busy_timeout=10000&_cache_size=-262144")
+	dc, err := drv.Open(writerDSN(path, syncMode))
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, err)
 	}
@@ -170,11 +179,74 @@ func Open(dir string, opts Options) (*Store, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, err)
 	}
+	ckpt, err := drv.Open(writerDSN(path, syncMode))
+	if err != nil {
+		s.wc.close()
+		rdb.Close()
+		return nil, fmt.Errorf("sqlitestore: open %s for checkpoints: %w", path, err)
+	}
 	s.reqs = make(chan *writeReq, 256)
 	s.quit = make(chan struct{})
 	s.done = make(chan struct{})
+	s.ckptDone = make(chan struct{})
 	go s.writer()
+	go s.checkpointer(&wconn{c: ckpt.(*sqlite3.SQLiteConn), stmts: map[string]*sqlite3.SQLiteStmt{}})
 	return s, nil
+}
+
+// walAutoCheckpoint is the WAL size (pages) at which a commit copies the
+// WAL back into the database itself. SQLite's default, 1000 pages, is
+// less than one batch of 1000 events writes (every dirty index page goes
+// to the WAL whole), so nearly every commit paid a checkpoint (copy back
+// and fsync) inside the write lock. At 20000 pages (80 MiB) the copy-back
+// is amortised over many commits, and a page rewritten by several commits
+// is copied back once; the checkpointer usually gets there first, when the
+// writer is idle.
+const walAutoCheckpoint = 20000
+
+// walSizeLimit truncates the WAL file back to this size when it restarts,
+// so one burst does not leave a large file behind.
+const walSizeLimit = 64 << 20
+
+// writerDSN opens the writer's and the checkpointer's connections.
+func writerDSN(path, syncMode string) string {
+	return "file:" + path + "?_journal_mode=WAL&_synchronous=" + syncMode + "&_busy_timeout=10000&_cache_size=-262144"
+}
+
+// checkpointIdle is how long the writer must be idle before the
+// checkpointer copies the WAL back.
+const checkpointIdle = 250 * time.Millisecond
+
+// checkpointer runs PASSIVE checkpoints on its own connection when the
+// writer has committed since the last one and is idle, so the copy-back
+// (and its fsync) happens outside the writer's commits. PASSIVE never
+// waits for readers or the writer: what it cannot copy now is copied by
+// the next one.
+func (s *Store) checkpointer(c *wconn) {
+	defer close(s.ckptDone)
+	defer c.close()
+	if err := c.execOnce(fmt.Sprintf("PRAGMA journal_size_limit = %d", walSizeLimit)); err != nil {
+		s.log.Warn("checkpointer: set journal_size_limit", "err", err)
+	}
+	t := time.NewTicker(checkpointIdle)
+	defer t.Stop()
+	var done int64
+	for {
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		n := s.commits.Load()
+		if n == done || time.Since(time.Unix(0, s.lastCommit.Load())) < checkpointIdle {
+			continue
+		}
+		if err := c.execOnce("PRAGMA wal_checkpoint(PASSIVE)"); err != nil {
+			s.log.Warn("background checkpoint failed", "err", err)
+			continue
+		}
+		done = n
+	}
 }
 
 func (s *Store) init() error {
@@ -189,6 +261,9 @@ func (s *Store) init() error {
 	}
 	if !strings.EqualFold(mode, "wal") {
 		return fmt.Errorf("sqlitestore: open %s: journal_mode is %q, want wal (is the file on a filesystem without shared memory?)", s.path, mode)
+	}
+	if err := c.execOnce(fmt.Sprintf("PRAGMA wal_autocheckpoint = %d; PRAGMA journal_size_limit = %d", walAutoCheckpoint, walSizeLimit)); err != nil {
+		return fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
 	}
 	for _, q := range schema {
 		if err := c.execOnce(q); err != nil {
@@ -259,6 +334,7 @@ func (s *Store) Close() error {
 	s.closeMu.Unlock()
 	close(s.quit)
 	<-s.done
+	<-s.ckptDone
 	// Keep the planner's statistics current for the next start.
 	_ = s.wc.execOnce("PRAGMA optimize")
 	err1 := s.rdb.Close()

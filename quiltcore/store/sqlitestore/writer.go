@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
 )
@@ -396,7 +397,10 @@ func (s *Store) commit(group []*writeReq) {
 	if live == 0 && len(group) == 1 {
 		rollback()
 		s.w.nextID = saved
-	} else if _, err := c.exec("COMMIT"); err != nil {
+	} else if _, err := c.exec("COMMIT"); err == nil {
+		s.lastCommit.Store(time.Now().UnixNano())
+		s.commits.Add(1)
+	} else {
 		rollback()
 		s.w.nextID = saved
 		// A cached name may belong to the rolled-back work.

@@ -117,6 +117,7 @@ func (c *conn) emit(ctx context.Context, evs []*quiltv1.Event, cursors []*quiltv
 			cur.Server = s.name
 		}
 	}
+	s.mgr.noteCursors(cursors)
 	return s.mgr.publish(ctx, evs, cursors)
 }
 

@@ -97,6 +97,7 @@ func (m *Manager) connect(c *conn, delay time.Duration) {
 			return
 		}
 	}
+	m.awaitWelcome(c.ctx, s)
 	s.mu.Lock()
 	sc := s.cfg
 	s.mu.Unlock()

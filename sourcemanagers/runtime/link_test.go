@@ -16,6 +16,9 @@ import (
 	"github.com/quilt/quilt/sourcemanagers/testdriver"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/quilt/quilt/quiltcore/transport/fixture"
+	"github.com/quilt/quilt/sourcemanagers/runtime/runtimetest"
 	"google.golang.org/grpc/test/bufconn"
 )
 
@@ -23,18 +26,20 @@ import (
 // acks according to its ack policy.
 type fakeQM struct {
 	quiltv1.UnimplementedSourceLinkServer
-	mu       sync.Mutex
-	hellos   []*quiltv1.Hello
-	batches  []*quiltv1.EventBatch // every batch received, replays included
-	results  []*quiltv1.ActionResult
-	replies  []*quiltv1.LiveReply
-	noAck    bool
-	welcome  *quiltv1.Welcome
-	streams  chan grpc.BidiStreamingServer[quiltv1.SourceMessage, quiltv1.MasterMessage]
-	got      chan struct{} // cap 1, pinged on every message
-	discard  bool          // benchmarks: count only
-	counted  int
-	stopOnce sync.Once
+	mu      sync.Mutex
+	hellos  []*quiltv1.Hello
+	batches []*quiltv1.EventBatch // every batch received, replays included
+	results []*quiltv1.ActionResult
+	replies []*quiltv1.LiveReply
+	noAck   bool
+	welcome *quiltv1.Welcome
+	// welcomeDelay holds the Welcome back, like a busy query master.
+	welcomeDelay time.Duration
+	streams      chan grpc.BidiStreamingServer[quiltv1.SourceMessage, quiltv1.MasterMessage]
+	got          chan struct{} // cap 1, pinged on every message
+	discard      bool          // benchmarks: count only
+	counted      int
+	stopOnce     sync.Once
 }
 
 func newFakeQM() *fakeQM {
@@ -53,6 +58,7 @@ func (q *fakeQM) Attach(st grpc.BidiStreamingServer[quiltv1.SourceMessage, quilt
 	if w == nil {
 		w = &quiltv1.Welcome{MasterId: "fake"}
 	}
+	time.Sleep(q.welcomeDelay)
 	if err := st.Send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_Welcome{Welcome: w}}); err != nil {
 		return err
 	}
@@ -419,5 +425,40 @@ func TestLinkRepairsInvalidUTF8(t *testing.T) {
 	}
 	if msgs[1].Text != "after" {
 		t.Errorf("second event text %q", msgs[1].Text)
+	}
+}
+
+// A restarted source manager must not open sessions before the query
+// master's Welcome has given it the stored cursors: an IMAP or Matrix
+// session started without them would skip what arrived while it was down.
+func TestSessionsStartFromStoredCursors(t *testing.T) {
+	qm := newFakeQM()
+	qm.welcome = &quiltv1.Welcome{MasterId: "fake", Cursors: []*quiltv1.Cursor{{Server: "net", Name: "since", Value: "s42"}}}
+	qm.welcomeDelay = 300 * time.Millisecond
+	drv := runtimetest.NewScriptDriver()
+	cfg := &config.SourceManager{Name: "sm", Protocol: runtimetest.ScriptProtocol, Enabled: true, ConnectionCycle: time.Minute,
+		Servers: []config.Server{{Name: "net", Enabled: true}}}
+	n := &qmNet{}
+	n.start(qm)
+	m, err := runtime.New(runtime.Options{
+		Config: cfg, Drivers: []runtime.Driver{drv}, Dialer: fixture.NewDialer(),
+		Target:      "passthrough:///qm",
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(n.dialer), grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Logger:      testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = m.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; n.stop() })
+	select {
+	case s := <-drv.Sessions:
+		if got := s.Config.Cursors["since"]; got != "s42" {
+			t.Fatalf("session started with cursors %v, want since=s42 from the Welcome", s.Config.Cursors)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no session started")
 	}
 }

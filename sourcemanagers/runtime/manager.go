@@ -50,7 +50,14 @@ type Options struct {
 	// Node names this machine in Hello (default os.Hostname()); InstanceID
 	// identifies the process (default a fresh ULID).
 	Node, InstanceID string
+
+	// WelcomeWait bounds how long a session waits, at start, for the query
+	// master's stored cursors (default DefaultWelcomeWait).
+	WelcomeWait time.Duration
 }
+
+// DefaultWelcomeWait is how long sessions wait for the first Welcome.
+const DefaultWelcomeWait = 30 * time.Second
 
 // LinkOptions shape the stream to the query master ([source_managers] in
 // quilt.cfg).
@@ -114,6 +121,12 @@ type Manager struct {
 	order   []string // config order, for listings
 	cursors map[string]map[string]string
 	runCtx  context.Context
+
+	// welcomed is closed by the first Welcome: sessions wait for it (up to
+	// WelcomeWait) so they start from the cursors the query master stored,
+	// not from none.
+	welcomed     chan struct{}
+	welcomedOnce sync.Once
 }
 
 // sink is where the runtime sends what goes up the link; the link
@@ -176,6 +189,7 @@ func New(opts Options) (*Manager, error) {
 		cfg:      opts.Config,
 		servers:  map[string]*Server{},
 		cursors:  map[string]map[string]string{},
+		welcomed: make(chan struct{}),
 	}
 	for i := range opts.Config.Servers {
 		sc := &opts.Config.Servers[i]
@@ -366,14 +380,19 @@ func (m *Manager) applyWelcome(w *quiltv1.Welcome) {
 		want[d.Server] = d
 	}
 	m.mu.Lock()
-	m.cursors = map[string]map[string]string{}
+	// What this process published is at least as new as what the store
+	// holds (unacknowledged batches are still in the link's buffer), so a
+	// later Welcome only fills in cursors this process has not set.
 	for _, c := range w.GetCursors() {
 		if m.cursors[c.Server] == nil {
 			m.cursors[c.Server] = map[string]string{}
 		}
-		m.cursors[c.Server][c.Name] = c.Value
+		if _, ok := m.cursors[c.Server][c.Name]; !ok {
+			m.cursors[c.Server][c.Name] = c.Value
+		}
 	}
 	m.mu.Unlock()
+	m.welcomedOnce.Do(func() { close(m.welcomed) })
 	for _, s := range m.Servers() {
 		s.mu.Lock()
 		if d := want[s.name]; d != nil {
@@ -411,6 +430,49 @@ func (m *Manager) control(c *quiltv1.ServerControl) {
 	s.mu.Unlock()
 	s.log.Info("server control", "op", c.GetOp().String(), "by", c.GetRequestedBy())
 	m.flagCycle()
+}
+
+// noteCursors remembers cursors as they are published, so a session that
+// reconnects within this process resumes where the last one stopped.
+func (m *Manager) noteCursors(cursors []*quiltv1.Cursor) {
+	if len(cursors) == 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range cursors {
+		if m.cursors[c.Server] == nil {
+			m.cursors[c.Server] = map[string]string{}
+		}
+		m.cursors[c.Server][c.Name] = c.Value
+	}
+}
+
+// awaitWelcome blocks a new session until the query master's first Welcome
+// (and with it the stored cursors) has arrived, at most WelcomeWait. Without
+// a link there is nothing to wait for.
+func (m *Manager) awaitWelcome(ctx context.Context, s *Server) {
+	if _, ok := m.link.(*link); !ok {
+		return
+	}
+	select {
+	case <-m.welcomed:
+		return
+	default:
+	}
+	wait := m.opts.WelcomeWait
+	if wait <= 0 {
+		wait = DefaultWelcomeWait
+	}
+	s.log.Info("waiting for the query master's stored cursors before connecting", "max", wait)
+	t := m.clock.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-m.welcomed:
+	case <-t.C():
+		s.log.Warn("no query master within the wait: connecting without stored cursors (a protocol that resumes from them starts from now)", "waited", wait)
+	case <-ctx.Done():
+	}
 }
 
 func (m *Manager) cursorsFor(server string) map[string]string {

@@ -578,7 +578,12 @@ func (s *session) fetchChunk(ctx context.Context, b *box, uv uint32, uids []uint
 		if m == nil {
 			continue // expunged since the UID list was made
 		}
-		evs = append(evs, mailEvent(b.name, uv, u, m.InternalDate, m.FindBodySection(bodySection), now))
+		ev := mailEvent(b.name, uv, u, m.InternalDate, m.FindBodySection(bodySection), now)
+		// Ids are unique per source: two servers of one source may have the
+		// same mailbox name and UIDVALIDITY (dovecot derives it from a
+		// creation second), so the server name goes first.
+		ev.Id = s.c.name + "/" + ev.Id
+		evs = append(evs, ev)
 	}
 	b.pos.uid = uids[len(uids)-1]
 	return s.emitBatch(ctx, b, evs)

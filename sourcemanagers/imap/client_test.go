@@ -44,7 +44,7 @@ func TestFirstStartSkipsExistingMailThenIdleDeliversNew(t *testing.T) {
 		"Subject: =?utf-8?q?caf=C3=A9?= time\r\nMessage-ID: <m3@example.org>\r\n\r\nHello Alice\r\nline two\r\n")
 	eventually(t, 5*time.Second, "the new MAIL", func() bool { return len(r.rec.events(mailK)) == 1 })
 	e := r.rec.events(mailK)[0]
-	if e.Id != fmt.Sprintf("INBOX/%d/%d", uv, uid) || e.Channel != "INBOX" || e.Text != "café time" {
+	if e.Id != fmt.Sprintf("mail/INBOX/%d/%d", uv, uid) || e.Channel != "INBOX" || e.Text != "café time" {
 		t.Errorf("MAIL id/channel/text: %q %q %q", e.Id, e.Channel, e.Text)
 	}
 	u := e.User

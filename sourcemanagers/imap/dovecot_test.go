@@ -229,7 +229,7 @@ func TestDovecot(t *testing.T) {
 		return e != nil
 	})
 	t.Logf("APPEND to stored MAIL event: %v", time.Since(start))
-	if e.Id != fmt.Sprintf("INBOX/%d/%d", uv, uid) || e.Channel != "INBOX" || e.Server != "bench" || e.Protocol != "imap" {
+	if e.Id != fmt.Sprintf("bench/INBOX/%d/%d", uv, uid) || e.Channel != "INBOX" || e.Server != "bench" || e.Protocol != "imap" {
 		t.Errorf("MAIL id/channel/server/protocol: %q %q %q %q", e.Id, e.Channel, e.Server, e.Protocol)
 	}
 	if u := e.User; u.Transient != "bob@test.localhost" || u.Persistent != u.Transient || u.Group != u.Transient || u.Display != "Bob Example" {

@@ -12,7 +12,7 @@
 // and message count as channel attributes, and starts watching it. PART stops
 // watching. A new mail is a MAIL event in that channel:
 //
-//	id       "<mailbox>/<UIDVALIDITY>/<UID>", stable across replays
+//	id       "<server>/<mailbox>/<UIDVALIDITY>/<UID>", stable across replays
 //	user     all four names = the sender's address (domain in lower case);
 //	         display = the From display name when there is one
 //	text     the subject

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -37,7 +38,10 @@ func (s *Store) InsertEvents(ctx context.Context, source string, events []*quilt
 		p.timeNS = storeutil.TimeNS(e)
 		p.ukey = storeutil.UserKey(e.GetUser())
 		p.names = storeutil.Names(e.GetUser())
-		p.msg = storeutil.IsMessage(e.GetKind())
+		for j, n := range p.names {
+			p.names[j] = normName(n)
+		}
+		p.namesCol = namesColumn(p.names)
 	}
 	var res store.InsertResult
 	err = s.write(ctx, func(c *wconn) error {
@@ -57,15 +61,38 @@ type preparedEvent struct {
 	timeNS int64
 	ukey   string
 	names  []string
-	msg    bool
+	// namesCol is the events.names value.
+	namesCol string
+}
+
+// nameSep delimits the names in events.names, which starts and ends with
+// it, so "the event has name N" is instr(names, nameSep+N+nameSep) > 0.
+const nameSep = "\x1f"
+
+// normName makes a lowercased name safe between nameSep: a name holding
+// the separator itself (a control character no network allows in a nick;
+// a display name might) has it replaced, for stored names and query names
+// alike.
+func normName(n string) string {
+	if strings.Contains(n, nameSep) {
+		return strings.ReplaceAll(n, nameSep, "\uFFFD")
+	}
+	return n
+}
+
+// namesColumn is the events.names value for the (normalised) names.
+func namesColumn(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return nameSep + strings.Join(names, nameSep) + nameSep
 }
 
 // The multi-row INSERTs of a batch: one statement per table per chunk of
 // rows instead of one per row.
 var (
 	insProcessed = newMultiRow("INSERT INTO processed(source, id, processed_at) VALUES ", 3, " ON CONFLICT DO NOTHING RETURNING id")
-	insEvents    = newMultiRow("INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data) VALUES ", 10, "")
-	insUsers     = newMultiRow("INSERT INTO event_users(name, time_ns, ev, ukey, msg) VALUES ", 5, " ON CONFLICT DO NOTHING")
+	insEvents    = newMultiRow("INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data, names) VALUES ", 11, "")
 	insNames     = newMultiRow("INSERT INTO user_names(name, ukey) VALUES ", 2, " ON CONFLICT DO NOTHING")
 	insFTS       = newMultiRow("INSERT INTO events_fts(rowid, text) VALUES ", 2, "")
 )
@@ -94,8 +121,7 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 		if err != nil {
 			return err
 		}
-		evArgs := make([]driver.Value, 0, 10*len(events))
-		userArgs := make([]driver.Value, 0, 5*3*len(events))
+		evArgs := make([]driver.Value, 0, 11*len(events))
 		nameArgs := []driver.Value(nil)
 		ftsArgs := make([]driver.Value, 0, 2*len(events))
 		for i, e := range events {
@@ -109,13 +135,8 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 			p := &prep[i]
 			id := s.w.nextID
 			s.w.nextID++
-			evArgs = append(evArgs, id, source, e.GetId(), e.GetServer(), e.GetChannel(), int64(e.GetKind()), p.timeNS, p.ukey, e.GetText(), p.data)
-			msg := int64(0)
-			if p.msg {
-				msg = 1
-			}
+			evArgs = append(evArgs, id, source, e.GetId(), e.GetServer(), e.GetChannel(), int64(e.GetKind()), p.timeNS, p.ukey, e.GetText(), p.data, p.namesCol)
 			for _, n := range p.names {
-				userArgs = append(userArgs, n, p.timeNS, id, p.ukey, msg)
 				k := [2]string{n, p.ukey}
 				if _, ok := s.w.names[k]; !ok {
 					if len(s.w.names) >= maxNameCache {
@@ -131,9 +152,6 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 			res.Stored++
 		}
 		if err := insEvents.exec(c, evArgs); err != nil {
-			return err
-		}
-		if err := insUsers.exec(c, userArgs); err != nil {
 			return err
 		}
 		if err := insNames.exec(c, nameArgs); err != nil {
@@ -153,24 +171,33 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 	return nil
 }
 
-// where builds the FROM/WHERE of an event query. tcol and idcol name the
-// (time, id) columns to order and page by: when the user filter is an exact
-// name, event_users drives the query, since its primary key is already
-// (name, time, id) ordered.
-func (s *Store) where(f *quiltv1.EventFilter, exactName string) (from string, conds []string, args []any, tcol, idcol string) {
+// userPart is the share of a user filter that lives under one user key:
+// the events of ukey carrying one of names (normalised, lowercased).
+type userPart struct {
+	ukey  string
+	names []string
+}
+
+// where builds the FROM/WHERE of an event query. part, when set, replaces
+// the filter's user: "e.ukey = ?" lets events_user_time, (ukey, time_ns,
+// id), drive an ordered page. Without it a user filter becomes a user_names
+// subquery (counts, and globs matching too many users to merge).
+func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, conds []string, args []any, tcol, idcol string) {
 	from, tcol, idcol = "events e", "e.time_ns", "e.id"
-	if exactName != "" {
-		from, tcol, idcol = "event_users u JOIN events e ON e.id = u.ev", "u.time_ns", "u.ev"
-		conds = append(conds, "u.name = ?")
-		args = append(args, exactName)
+	if part != nil {
+		conds = append(conds, "e.ukey = ?")
+		args = append(args, part.ukey)
+		c, a := namesCond(part.names)
+		conds = append(conds, c)
+		args = append(args, a...)
 	} else if u := f.GetUser(); u != "" {
 		if storeutil.HasWildcard(u) {
-			conds = append(conds, "e.id IN (SELECT ev FROM event_users WHERE name GLOB ?)")
-			args = append(args, sqliteGlob(u))
+			conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name GLOB ?)", "e.names REGEXP ?")
+			args = append(args, sqliteGlob(u), namesGlobRegex(u))
 		} else {
-			from, tcol, idcol = "event_users u JOIN events e ON e.id = u.ev", "u.time_ns", "u.ev"
-			conds = append(conds, "u.name = ?")
-			args = append(args, strings.ToLower(u))
+			n := normName(strings.ToLower(u))
+			conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name = ?)", "instr(e.names, ?) > 0")
+			args = append(args, n, nameSep+n+nameSep)
 		}
 	}
 	if src := f.GetSources(); len(src) > 0 {
@@ -220,12 +247,42 @@ func (s *Store) where(f *quiltv1.EventFilter, exactName string) (from string, co
 	return from, conds, args, tcol, idcol
 }
 
+// namesCond keeps the events carrying one of names.
+func namesCond(names []string) (string, []any) {
+	conds := make([]string, len(names))
+	args := make([]any, len(names))
+	for i, n := range names {
+		conds[i] = "instr(e.names, ?) > 0"
+		args[i] = nameSep + n + nameSep
+	}
+	return "(" + strings.Join(conds, " OR ") + ")", args
+}
+
+// namesGlobRegex matches an events.names value holding a name that
+// matches the user glob (whose * and ? stay inside one name).
+func namesGlobRegex(glob string) string {
+	var b strings.Builder
+	b.WriteString(regexp.QuoteMeta(nameSep) + "(?:")
+	for _, r := range normName(strings.ToLower(glob)) {
+		switch r {
+		case '*':
+			b.WriteString("[^" + nameSep + "]*")
+		case '?':
+			b.WriteString("[^" + nameSep + "]")
+		default:
+			b.WriteString(regexp.QuoteMeta(string(r)))
+		}
+	}
+	b.WriteString(")" + regexp.QuoteMeta(nameSep))
+	return b.String()
+}
+
 func placeholders(n int) string { return strings.TrimSuffix(strings.Repeat("?,", n), ",") }
 
 // sqliteGlob lowercases a user glob and makes everything but * and ?
 // literal for GLOB ("[" is GLOB's only other special character).
 func sqliteGlob(p string) string {
-	return strings.ReplaceAll(strings.ToLower(p), "[", "[[]")
+	return strings.ReplaceAll(normName(strings.ToLower(p)), "[", "[[]")
 }
 
 func whereSQL(conds []string) string {
@@ -235,9 +292,9 @@ func whereSQL(conds []string) string {
 	return " WHERE " + strings.Join(conds, " AND ")
 }
 
-// maxGlobMerge is how many names a user glob may match and still be
-// answered by merging one index-ordered query per name; beyond it one query
-// filters by the glob and sorts.
+// maxGlobMerge is how many user keys a user filter may match and still be
+// answered by merging one index-ordered query per user key; beyond it one
+// query filters through user_names and sorts.
 const maxGlobMerge = 64
 
 type pageRow struct {
@@ -261,40 +318,39 @@ func (s *Store) QueryEvents(ctx context.Context, q store.EventQuery) (store.Even
 	}
 	var rows []pageRow
 	var err error
-	names, merge := []string(nil), false
-	if u := q.Filter.GetUser(); u != "" && storeutil.HasWildcard(u) {
-		names, err = s.globNames(ctx, u)
+	var parts []userPart
+	merge := false
+	if u := q.Filter.GetUser(); u != "" {
+		parts, err = s.userParts(ctx, u, maxGlobMerge+1)
 		if err != nil {
 			return store.EventPage{}, err
 		}
-		merge = len(names) <= maxGlobMerge
+		if len(parts) == 0 {
+			return store.EventPage{}, nil
+		}
+		merge = len(parts) <= maxGlobMerge
 	}
 	if merge {
-		// A glob matching a few names: each name's rows come in order from
-		// event_users' primary key; merge them. An event carrying two
-		// matching names appears in both lists: keep one.
-		seen := map[int64]bool{}
-		for _, n := range names {
-			part, err := s.page(ctx, q.Filter, n, after, q.OldestFirst, limit+1)
+		// Each user key's rows come in order from events_user_time; merge
+		// them. An event has one user key, so the lists are disjoint.
+		for i := range parts {
+			part, err := s.page(ctx, q.Filter, &parts[i], after, q.OldestFirst, limit+1)
 			if err != nil {
 				return store.EventPage{}, err
 			}
-			for _, r := range part {
-				if !seen[r.key.Seq] {
-					seen[r.key.Seq] = true
-					rows = append(rows, r)
-				}
-			}
+			rows = append(rows, part...)
 		}
-		sort.Slice(rows, func(i, j int) bool {
-			a, b := rows[i].key, rows[j].key
-			less := a.TimeNS < b.TimeNS || (a.TimeNS == b.TimeNS && a.Seq < b.Seq)
-			return less == q.OldestFirst
-		})
+		if len(parts) > 1 {
+			sort.Slice(rows, func(i, j int) bool {
+				a, b := rows[i].key, rows[j].key
+				less := a.TimeNS < b.TimeNS || (a.TimeNS == b.TimeNS && a.Seq < b.Seq)
+				return less == q.OldestFirst
+			})
+		}
 		if len(rows) > limit+1 {
 			rows = rows[:limit+1]
 		}
-	} else if rows, err = s.page(ctx, q.Filter, "", after, q.OldestFirst, limit+1); err != nil {
+	} else if rows, err = s.page(ctx, q.Filter, nil, after, q.OldestFirst, limit+1); err != nil {
 		return store.EventPage{}, err
 	}
 	var page store.EventPage
@@ -312,22 +368,40 @@ func (s *Store) QueryEvents(ctx context.Context, q store.EventQuery) (store.Even
 	return page, nil
 }
 
-// globNames lists the distinct stored names matching a user glob.
-func (s *Store) globNames(ctx context.Context, glob string) ([]string, error) {
-	rows, err := s.rdb.QueryContext(ctx, "SELECT DISTINCT name FROM user_names WHERE name GLOB ? LIMIT ?", sqliteGlob(glob), maxGlobMerge+1)
+// userParts resolves a user name or glob through user_names into the user
+// keys it was seen with (at most max of them), each with its matching
+// names.
+func (s *Store) userParts(ctx context.Context, user string, max int) ([]userPart, error) {
+	var rows *sql.Rows
+	var err error
+	if storeutil.HasWildcard(user) {
+		rows, err = s.rdb.QueryContext(ctx, "SELECT name, ukey FROM user_names WHERE name GLOB ? ORDER BY ukey", sqliteGlob(user))
+	} else {
+		rows, err = s.rdb.QueryContext(ctx, "SELECT name, ukey FROM user_names WHERE name = ? ORDER BY ukey", normName(strings.ToLower(user)))
+	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: names matching %q: %w", glob, err)
+		return nil, fmt.Errorf("sqlitestore: users named %q: %w", user, err)
 	}
 	defer rows.Close()
-	var out []string
+	var out []userPart
 	for rows.Next() {
-		var n string
-		if err := rows.Scan(&n); err != nil {
-			return nil, fmt.Errorf("sqlitestore: names matching %q: %w", glob, err)
+		var n, k string
+		if err := rows.Scan(&n, &k); err != nil {
+			return nil, fmt.Errorf("sqlitestore: users named %q: %w", user, err)
 		}
-		out = append(out, n)
+		if len(out) > 0 && out[len(out)-1].ukey == k {
+			out[len(out)-1].names = append(out[len(out)-1].names, n)
+			continue
+		}
+		if len(out) == max {
+			break
+		}
+		out = append(out, userPart{ukey: k, names: []string{n}})
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlitestore: users named %q: %w", user, err)
+	}
+	return out, nil
 }
 
 // containsCond is a case-insensitive substring test of col for needle
@@ -356,25 +430,25 @@ func containsCond(col, needle string) (string, []any) {
 // events for common words) before it can sort by time.
 const textScanWindow = 20000
 
-// page runs one ordered, limited query (exactName overrides the filter's
-// user).
-func (s *Store) page(ctx context.Context, f *quiltv1.EventFilter, exactName string, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
+// page runs one ordered, limited query (part, when set, replaces the
+// filter's user).
+func (s *Store) page(ctx context.Context, f *quiltv1.EventFilter, part *userPart, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
 	if f.GetText() != "" {
-		rows, full, err := s.scanPage(ctx, f, exactName, after, oldest, n)
+		rows, full, err := s.scanPage(ctx, f, part, after, oldest, n)
 		if err != nil || full {
 			return rows, err
 		}
 	}
-	return s.indexPage(ctx, f, exactName, after, oldest, n)
+	return s.indexPage(ctx, f, part, after, oldest, n)
 }
 
 // scanPage answers a text search from the newest textScanWindow rows of
 // the rest of the filter; full is false when they held fewer than n
 // matches (older rows may hold the rest).
-func (s *Store) scanPage(ctx context.Context, f *quiltv1.EventFilter, exactName string, after *storeutil.Key, oldest bool, n int) (rows []pageRow, full bool, err error) {
+func (s *Store) scanPage(ctx context.Context, f *quiltv1.EventFilter, part *userPart, after *storeutil.Key, oldest bool, n int) (rows []pageRow, full bool, err error) {
 	rest := proto.Clone(f).(*quiltv1.EventFilter)
 	rest.Text = ""
-	from, conds, args, tcol, idcol := s.where(rest, exactName)
+	from, conds, args, tcol, idcol := s.where(rest, part)
 	cmp, dir := "<", "DESC"
 	if oldest {
 		cmp, dir = ">", "ASC"
@@ -412,8 +486,8 @@ func (s *Store) scanPage(ctx context.Context, f *quiltv1.EventFilter, exactName 
 }
 
 // indexPage runs the page query with every filter in SQL.
-func (s *Store) indexPage(ctx context.Context, f *quiltv1.EventFilter, exactName string, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
-	from, conds, args, tcol, idcol := s.where(f, exactName)
+func (s *Store) indexPage(ctx context.Context, f *quiltv1.EventFilter, part *userPart, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
+	from, conds, args, tcol, idcol := s.where(f, part)
 	cmp, dir := "<", "DESC"
 	if oldest {
 		cmp, dir = ">", "ASC"
@@ -446,7 +520,7 @@ func (s *Store) CountEvents(ctx context.Context, f *quiltv1.EventFilter) (int64,
 	if err := storeutil.CheckFilter(f); err != nil {
 		return 0, err
 	}
-	from, conds, args, _, _ := s.where(f, "")
+	from, conds, args, _, _ := s.where(f, nil)
 	var n int64
 	if err := s.rdb.QueryRowContext(ctx, "SELECT count(*) FROM "+from+whereSQL(conds), args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("sqlitestore: count events: %w", err)
@@ -454,38 +528,20 @@ func (s *Store) CountEvents(ctx context.Context, f *quiltv1.EventFilter) (int64,
 	return n, nil
 }
 
-// maxLastSeenNames bounds how many (name, user) pairs one LastSeen probes.
+// maxLastSeenNames bounds how many user keys one LastSeen probes.
 const maxLastSeenNames = 10000
 
-// LastSeen implements store.Store: user_names gives the matching (name,
-// user key) pairs; each pair's newest event and newest message are one
-// backwards step on event_users' primary key and its msg=1 partial index.
+// LastSeen implements store.Store: user_names gives the matching user keys
+// and their matching names; each key's newest event and newest message
+// are a backwards walk of events_user_time that stops at the first row
+// carrying one of the names (and, for the message, of a message kind).
 func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1.LastSeenRow, error) {
 	if q.User == "" {
 		return nil, fmt.Errorf("sqlitestore: lastseen: empty user pattern")
 	}
-	var rows *sql.Rows
-	var err error
-	if storeutil.HasWildcard(q.User) {
-		rows, err = s.rdb.QueryContext(ctx, "SELECT name, ukey FROM user_names WHERE name GLOB ? LIMIT ?", sqliteGlob(q.User), maxLastSeenNames)
-	} else {
-		rows, err = s.rdb.QueryContext(ctx, "SELECT name, ukey FROM user_names WHERE name = ? LIMIT ?", strings.ToLower(q.User), maxLastSeenNames)
-	}
+	parts, err := s.userParts(ctx, q.User, maxLastSeenNames)
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
-	}
-	var pairs [][2]string
-	for rows.Next() {
-		var p [2]string
-		if err := rows.Scan(&p[0], &p[1]); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
-		}
-		pairs = append(pairs, p)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
+		return nil, fmt.Errorf("sqlitestore: lastseen: %w", err)
 	}
 	srcCond, srcArgs := "", []any(nil)
 	if len(q.Sources) > 0 {
@@ -494,20 +550,30 @@ func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1
 			srcArgs = append(srcArgs, x)
 		}
 	}
+	msgCond := " AND e.kind IN (" + placeholders(len(storeutil.MessageKinds)) + ")"
+	var msgArgs []any
+	for _, k := range storeutil.MessageKinds {
+		msgArgs = append(msgArgs, int64(k))
+	}
 	type hit struct {
 		key storeutil.Key
 		ev  *quiltv1.Event
 	}
-	newest := func(p [2]string, msgOnly bool) (hit, error) {
-		cond := ""
+	newest := func(p userPart, msgOnly bool) (hit, error) {
+		nc, na := namesCond(p.names)
+		args := append([]any{p.ukey}, na...)
+		args = append(args, srcArgs...)
+		cond := srcCond
 		if msgOnly {
-			cond = " AND u.msg = 1"
+			cond += msgCond
+			args = append(args, msgArgs...)
 		}
-		args := append([]any{p[0], p[1]}, srcArgs...)
 		var h hit
 		var data []byte
-		err := s.rdb.QueryRowContext(ctx, "SELECT u.time_ns, u.ev, e.data FROM event_users u JOIN events e ON e.id = u.ev WHERE u.name = ? AND u.ukey = ?"+cond+srcCond+
-			" ORDER BY u.time_ns DESC, u.ev DESC LIMIT 1", args...).Scan(&h.key.TimeNS, &h.key.Seq, &data)
+		// INDEXED BY: with a source filter the planner could prefer
+		// events_source_time, which walks every user's events.
+		err := s.rdb.QueryRowContext(ctx, "SELECT e.time_ns, e.id, e.data FROM events e INDEXED BY events_user_time WHERE e.ukey = ? AND "+nc+cond+
+			" ORDER BY e.time_ns DESC, e.id DESC LIMIT 1", args...).Scan(&h.key.TimeNS, &h.key.Seq, &data)
 		if err == sql.ErrNoRows {
 			return hit{}, nil
 		}
@@ -525,7 +591,7 @@ func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1
 	}
 	type acc struct{ last, msg hit }
 	users := map[string]*acc{}
-	for _, p := range pairs {
+	for _, p := range parts {
 		h, err := newest(p, false)
 		if err != nil {
 			return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
@@ -537,10 +603,10 @@ func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1
 		if err != nil {
 			return nil, fmt.Errorf("sqlitestore: lastseen %q: %w", q.User, err)
 		}
-		a := users[p[1]]
+		a := users[p.ukey]
 		if a == nil {
 			a = &acc{}
-			users[p[1]] = a
+			users[p.ukey] = a
 		}
 		if later(h, a.last) {
 			a.last = h
@@ -591,7 +657,7 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 			}
 		}
 		err := s.write(ctx, func(c *wconn) error {
-			_, err := c.exec("DELETE FROM user_names WHERE NOT EXISTS (SELECT 1 FROM event_users u WHERE u.name = user_names.name AND u.ukey = user_names.ukey)")
+			_, err := c.exec("DELETE FROM user_names WHERE NOT EXISTS (SELECT 1 FROM events e INDEXED BY events_user_time WHERE e.ukey = user_names.ukey AND instr(e.names, ? || user_names.name || ?) > 0)", nameSep, nameSep)
 			s.w.names = make(map[[2]string]struct{})
 			return err
 		})
@@ -621,31 +687,18 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 
 func (s *Store) deleteEventsTx(c *wconn, before int64) (int, error) {
 	type victim struct {
-		id, t int64
-		text  string
-		names []string
+		id   int64
+		text string
 	}
 	var vs []victim
-	err := c.query("SELECT id, time_ns, text, data FROM events WHERE time_ns < ? ORDER BY time_ns LIMIT ?", []any{before, int64(cleanupChunk)}, func(d []driver.Value) error {
-		v := victim{id: d[0].(int64), t: d[1].(int64), text: asString(d[2])}
-		data, _ := d[3].([]byte)
-		e := new(quiltv1.Event)
-		if err := proto.Unmarshal(data, e); err != nil {
-			return fmt.Errorf("decode event row %d: %w", v.id, err)
-		}
-		v.names = storeutil.Names(e.GetUser())
-		vs = append(vs, v)
+	err := c.query("SELECT id, text FROM events WHERE time_ns < ? ORDER BY time_ns LIMIT ?", []any{before, int64(cleanupChunk)}, func(d []driver.Value) error {
+		vs = append(vs, victim{id: d[0].(int64), text: asString(d[1])})
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
 	for _, v := range vs {
-		for _, n := range v.names {
-			if _, err := c.exec("DELETE FROM event_users WHERE name = ? AND time_ns = ? AND ev = ?", n, v.t, v.id); err != nil {
-				return 0, err
-			}
-		}
 		if s.hasFTS && v.text != "" {
 			// External-content FTS5 needs the old text to remove its tokens.
 			if _, err := c.exec("INSERT INTO events_fts(events_fts, rowid, text) VALUES('delete', ?, ?)", v.id, v.text); err != nil {

@@ -7,12 +7,18 @@ package sqlitestore
 //     (time_ns, id) is the total order history pages walk with a keyset
 //     token, and every time index (which implicitly ends with the rowid) is
 //     already sorted that way.
-//   - event_users has one row per distinct lowercased name of the event's
-//     user, so "user by any of the four names" is one PK range; the partial
-//     index serves LastSeen's "newest message" without scanning joins/parts.
-//   - user_names maps each name to the user keys (group, else transient)
-//     it was seen with, so LastSeen enumerates users from a small table
-//     instead of walking all of a heavy user's events.
+//   - "user by any of the four names" is: user_names maps each lowercased
+//     name to the user keys (group, else transient) it was seen with, then
+//     one range of events_user_time per user key, keeping the events whose
+//     names column (the event's distinct lowercased names, each between
+//     nameSep) holds the name. Schema version 1 had an event_users table
+//     with one row per name per event: ~3 index entries per event at ~600
+//     scattered insertion points per batch of 1000, most of a commit's
+//     dirty pages. events_user_time is one entry per event at one
+//     insertion point per user, and user_names takes a write only for a
+//     (name, user key) pair not seen before.
+//   - LastSeen enumerates users from user_names (small) instead of walking
+//     all of a heavy user's events.
 //   - processed is separate from events so the two retentions differ
 //     (seed 002): ids outlive the events they de-duplicate.
 var schema = []string{
@@ -30,20 +36,13 @@ var schema = []string{
 		time_ns INTEGER NOT NULL,
 		ukey TEXT NOT NULL,
 		text TEXT NOT NULL,
-		data BLOB NOT NULL
+		data BLOB NOT NULL,
+		names TEXT NOT NULL DEFAULT ''
 	)`,
 	`CREATE INDEX IF NOT EXISTS events_time ON events(time_ns)`,
 	`CREATE INDEX IF NOT EXISTS events_channel_time ON events(channel, time_ns)`,
 	`CREATE INDEX IF NOT EXISTS events_source_time ON events(source, time_ns)`,
-	`CREATE TABLE IF NOT EXISTS event_users(
-		name TEXT NOT NULL,
-		time_ns INTEGER NOT NULL,
-		ev INTEGER NOT NULL,
-		ukey TEXT NOT NULL,
-		msg INTEGER NOT NULL,
-		PRIMARY KEY(name, time_ns, ev)
-	) WITHOUT ROWID`,
-	`DROP INDEX IF EXISTS event_users_msg`,
+	`CREATE INDEX IF NOT EXISTS events_user_time ON events(ukey, time_ns)`,
 	`CREATE TABLE IF NOT EXISTS user_names(
 		name TEXT NOT NULL,
 		ukey TEXT NOT NULL,
@@ -96,6 +95,10 @@ var schema = []string{
 		PRIMARY KEY(source, server, name)
 	) WITHOUT ROWID`,
 }
+
+// schemaVersion is stored in meta(schema_version); migrate brings an older
+// file up to it.
+const schemaVersion = 2
 
 // ftsSchema is applied only when the driver was built with FTS5. The
 // trigram tokenizer makes MATCH a case-insensitive substring search, the

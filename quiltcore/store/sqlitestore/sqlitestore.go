@@ -265,10 +265,16 @@ func (s *Store) init() error {
 	if err := c.execOnce(fmt.Sprintf("PRAGMA wal_autocheckpoint = %d; PRAGMA journal_size_limit = %d", walAutoCheckpoint, walSizeLimit)); err != nil {
 		return fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
 	}
+	if err := s.migrate(); err != nil {
+		return err
+	}
 	for _, q := range schema {
 		if err := c.execOnce(q); err != nil {
 			return fmt.Errorf("sqlitestore: create schema in %s: %w", s.path, err)
 		}
+	}
+	if err := c.execOnce(fmt.Sprintf("INSERT INTO meta(key, value) VALUES('schema_version', '%d') ON CONFLICT(key) DO NOTHING", schemaVersion)); err != nil {
+		return fmt.Errorf("sqlitestore: create schema in %s: %w", s.path, err)
 	}
 	// Probe for FTS5 in a temporary table: go-sqlite3 compiles it in only
 	// with the sqlite_fts5 build tag.

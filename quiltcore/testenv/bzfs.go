@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -63,17 +62,11 @@ end
 // same port, to prove that clients reconnect after a server restart.
 type BZFSServer struct {
 	// Addr is "127.0.0.1:PORT" (TCP; bzfs also listens for UDP there).
-	Addr string
+	*portServer
 
-	t    testing.TB
 	bin  string
 	dir  string
-	port int
 	cred *syscall.Credential
-
-	mu    sync.Mutex
-	p     *proc
-	start int
 }
 
 // StartBZFS starts a private bzfs on a free loopback port, never listed
@@ -91,7 +84,7 @@ func StartBZFS(t testing.TB) *BZFSServer {
 		}
 		t.Skipf("testenv: skipping, bzfs cannot run: %v", err)
 	}
-	s := &BZFSServer{t: t, bin: bin, dir: t.TempDir()}
+	s := &BZFSServer{bin: bin, dir: t.TempDir()}
 	if err := os.WriteFile(filepath.Join(s.dir, "world.bzw"), []byte(bzfsWorld), 0o644); err != nil {
 		t.Fatalf("testenv: bzfs world: %v", err)
 	}
@@ -107,67 +100,19 @@ func StartBZFS(t testing.TB) *BZFSServer {
 			}
 		}
 	}
-	for attempt := 1; ; attempt++ {
-		s.port, err = freePort()
-		if err == nil {
-			err = s.launch()
-		}
-		if err == nil {
-			break
-		}
-		if attempt == 3 || !retryable(err) {
-			t.Fatalf("testenv: %v", err)
-		}
-	}
-	s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("testenv: bzfs logs in %s", s.dir)
-		}
-	})
+	s.portServer = startPortServer(t, "bzfs", s.dir, s.launch)
 	return s
 }
 
-// Stop stops the server (SIGTERM: players see their connection close).
-func (s *BZFSServer) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.p != nil {
-		s.p.stop()
-		s.p = nil
-	}
-}
-
-// Start starts a stopped server again on the same port.
-func (s *BZFSServer) Start() {
-	s.t.Helper()
-	// the old socket may linger briefly; retry while the port is busy
-	deadline := time.Now().Add(startTimeout)
-	for {
-		err := s.launch()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("testenv: restart bzfs: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func (s *BZFSServer) launch() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.start++
-	logPath := filepath.Join(s.dir, fmt.Sprintf("bzfs-%d.log", s.start))
+func (s *BZFSServer) launch(port, n int) (*proc, error) {
+	logPath := filepath.Join(s.dir, fmt.Sprintf("bzfs-%d.log", n))
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("bzfs log: %w", err)
+		return nil, fmt.Errorf("bzfs log: %w", err)
 	}
 	// -d logs joins, parts and chat, which is what a failing test needs;
 	// -noMasterBanlist keeps it off the network even if made public.
-	cmd := exec.Command(s.bin, "-i", "127.0.0.1", "-p", strconv.Itoa(s.port),
+	cmd := exec.Command(s.bin, "-i", "127.0.0.1", "-p", strconv.Itoa(port),
 		"-world", filepath.Join(s.dir, "world.bzw"), "-a", "50", "38", "-noMasterBanlist", "-d")
 	cmd.Dir = s.dir
 	cmd.Stdout, cmd.Stderr = lf, lf
@@ -181,7 +126,7 @@ func (s *BZFSServer) launch() error {
 	}
 	if err := cmd.Start(); err != nil {
 		lf.Close()
-		return fmt.Errorf("start bzfs (%s): %w", s.bin, err)
+		return nil, fmt.Errorf("start bzfs (%s): %w", s.bin, err)
 	}
 	p := &proc{name: "bzfs", cmd: cmd, logPath: logPath, logFile: lf, done: make(chan struct{})}
 	go func() {
@@ -189,10 +134,10 @@ func (s *BZFSServer) launch() error {
 		lf.Close()
 		close(p.done)
 	}()
-	addr := "127.0.0.1:" + strconv.Itoa(s.port)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
 	// bzfs prints this after its listen socket is bound, so a server that
 	// answers the hello is ours and not another process that took the port.
-	listening := fmt.Sprintf("listening on 127.0.0.1:%d", s.port)
+	listening := fmt.Sprintf("listening on 127.0.0.1:%d", port)
 	err = waitFor(p, startTimeout, func() (bool, error) {
 		b, _ := os.ReadFile(logPath)
 		if !strings.Contains(string(b), listening) {
@@ -202,10 +147,9 @@ func (s *BZFSServer) launch() error {
 	})
 	if err != nil {
 		p.stop()
-		return err
+		return nil, err
 	}
-	s.p = p
-	return nil
+	return p, nil
 }
 
 // bzfsHello makes the protocol handshake without entering the game.

@@ -6,9 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -16,17 +14,7 @@ import (
 // IRCServer is a private ngircd a test can stop and start again on the same
 // port, to prove that clients reconnect and rejoin after a server restart.
 type IRCServer struct {
-	Addr string
-
-	t        testing.TB
-	bin, dir string
-	opts     NGIRCdOptions
-	port     int
-	uid, gid string
-
-	mu    sync.Mutex
-	p     *proc
-	start int
+	*portServer
 }
 
 // StartIRCServer is NGIRCd with a handle: Stop and Start restart the server
@@ -42,74 +30,32 @@ func StartIRCServer(t testing.TB, opts NGIRCdOptions) *IRCServer {
 		}
 		t.Skipf("testenv: skipping, ngircd cannot run: %v", err)
 	}
-	s := &IRCServer{t: t, bin: bin, dir: t.TempDir(), opts: opts, uid: uid, gid: gid}
-	for attempt := 1; ; attempt++ {
-		s.port, err = freePort()
-		if err == nil {
-			err = s.launch()
-		}
-		if err == nil {
-			break
-		}
-		if attempt == 3 || !retryable(err) {
-			t.Fatalf("testenv: %v", err)
-		}
-	}
-	s.Addr = "127.0.0.1:" + strconv.Itoa(s.port)
-	t.Cleanup(func() {
-		s.Stop()
-		if t.Failed() {
-			t.Logf("testenv: ngircd logs in %s", s.dir)
-		}
-	})
-	return s
+	dir := t.TempDir()
+	return &IRCServer{startPortServer(t, "ngircd", dir, func(port, n int) (*proc, error) {
+		return launchNGIRCd(bin, dir, port, n, opts, uid, gid)
+	})}
 }
 
-// Stop stops the server (SIGTERM: clients see their connection close).
-func (s *IRCServer) Stop() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.p != nil {
-		s.p.stop()
-		s.p = nil
+func launchNGIRCd(bin, dir string, port, n int, opts NGIRCdOptions, uid, gid string) (*proc, error) {
+	conf := filepath.Join(dir, fmt.Sprintf("ngircd-%d.conf", n))
+	if err := os.WriteFile(conf, []byte(ngircdConfig(opts, port, uid, gid)), 0o600); err != nil {
+		return nil, fmt.Errorf("ngircd config: %w", err)
 	}
-}
-
-// Start starts a stopped server again on the same port.
-func (s *IRCServer) Start() {
-	s.t.Helper()
-	// the old socket may linger briefly; retry while the port is busy
-	deadline := time.Now().Add(startTimeout)
-	for {
-		err := s.launch()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("testenv: restart ngircd: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	// ngircd reads the config as the starting user (root can read our 0700
+	// temp dir) and writes nothing to disk afterwards: PidFile is empty and
+	// the log goes to stderr, so the dropped user needs no access to dir.
+	if out, err := exec.Command(bin, "--configtest", "-f", conf).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ngircd --configtest -f %s: %v\n%s", conf, err, out)
 	}
-}
-
-func (s *IRCServer) launch() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.start++
-	conf := filepath.Join(s.dir, fmt.Sprintf("ngircd-%d.conf", s.start))
-	if err := os.WriteFile(conf, []byte(ngircdConfig(s.opts, s.port, s.uid, s.gid)), 0o600); err != nil {
-		return fmt.Errorf("ngircd config: %w", err)
-	}
-	if out, err := exec.Command(s.bin, "--configtest", "-f", conf).CombinedOutput(); err != nil {
-		return fmt.Errorf("ngircd --configtest -f %s: %v\n%s", conf, err, out)
-	}
-	logPath := filepath.Join(s.dir, fmt.Sprintf("ngircd-%d.log", s.start))
-	p, err := startProc("ngircd", s.dir, logPath, nil, s.bin, "--nodaemon", "-f", conf)
+	logPath := filepath.Join(dir, fmt.Sprintf("ngircd-%d.log", n))
+	p, err := startProc("ngircd", dir, logPath, nil, bin, "--nodaemon", "-f", conf)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(s.port)
-	listening := fmt.Sprintf("Now listening on [127.0.0.1]:%d ", s.port)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	// ngircd logs this line only after its own bind succeeded, so a
+	// connectable port is ours and not another process that raced us to it.
+	listening := fmt.Sprintf("Now listening on [127.0.0.1]:%d ", port)
 	err = waitFor(p, startTimeout, func() (bool, error) {
 		b, _ := os.ReadFile(logPath)
 		if !strings.Contains(string(b), listening) {
@@ -124,8 +70,7 @@ func (s *IRCServer) launch() error {
 	})
 	if err != nil {
 		p.stop()
-		return err
+		return nil, err
 	}
-	s.p = p
-	return nil
+	return p, nil
 }

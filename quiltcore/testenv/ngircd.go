@@ -2,16 +2,12 @@ package testenv
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // NGIRCdOptions configures a test IRC server. The zero value is a server with
@@ -37,72 +33,7 @@ type NGIRCdOptions struct {
 // user after binding (see runUser).
 func NGIRCd(t testing.TB, opts NGIRCdOptions) string {
 	t.Helper()
-	Require(t, ComponentNGIRCd)
-	bin, _ := NGIRCdBin()
-	uid, gid, err := runUser()
-	if err != nil {
-		if IsCI() {
-			t.Fatalf("testenv: ngircd: %v", err)
-		}
-		t.Skipf("testenv: skipping, ngircd cannot run: %v", err)
-	}
-	dir := t.TempDir()
-	for attempt := 1; attempt <= 3; attempt++ {
-		var addr string
-		addr, err = startNGIRCd(t, bin, dir, attempt, opts, uid, gid)
-		if err == nil {
-			return addr
-		}
-		if !retryable(err) {
-			break
-		}
-	}
-	t.Fatalf("testenv: %v", err)
-	return ""
-}
-
-func startNGIRCd(t testing.TB, bin, dir string, attempt int, o NGIRCdOptions, uid, gid string) (string, error) {
-	port, err := freePort()
-	if err != nil {
-		return "", err
-	}
-	conf := filepath.Join(dir, fmt.Sprintf("ngircd-%d.conf", attempt))
-	if err := os.WriteFile(conf, []byte(ngircdConfig(o, port, uid, gid)), 0o600); err != nil {
-		return "", fmt.Errorf("ngircd config: %w", err)
-	}
-	// ngircd reads the config as the starting user (root can read our 0700
-	// temp dir) and writes nothing to disk afterwards: PidFile is empty and
-	// the log goes to stderr, so the dropped user needs no access to dir.
-	if out, err := exec.Command(bin, "--configtest", "-f", conf).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("ngircd --configtest -f %s: %v\n%s", conf, err, out)
-	}
-	logPath := filepath.Join(dir, fmt.Sprintf("ngircd-%d.log", attempt))
-	p, err := startProc("ngircd", dir, logPath, nil, bin, "--nodaemon", "-f", conf)
-	if err != nil {
-		return "", err
-	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	// ngircd logs this line only after its own bind succeeded, so a
-	// connectable port is ours and not another process that raced us to it.
-	listening := fmt.Sprintf("Now listening on [127.0.0.1]:%d ", port)
-	err = waitFor(p, startTimeout, func() (bool, error) {
-		b, _ := os.ReadFile(logPath)
-		if !strings.Contains(string(b), listening) {
-			return false, nil
-		}
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false, nil
-		}
-		c.Close()
-		return true, nil
-	})
-	if err != nil {
-		p.stop()
-		return "", err
-	}
-	p.register(t)
-	return addr, nil
+	return StartIRCServer(t, opts).Addr
 }
 
 func ngircdConfig(o NGIRCdOptions, port int, uid, gid string) string {

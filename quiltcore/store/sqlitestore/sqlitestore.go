@@ -12,6 +12,11 @@
 // commit and survives power loss too, at the cost of one fsync per group
 // commit (measured in bench_test.go with QUILT_BENCH_SQLITE_SYNC=full).
 //
+// Checkpoints: the WAL grows to 20000 pages (80 MiB) before a commit
+// copies it back itself; normally a checkpointer goroutine on its own
+// connection copies it back first (PASSIVE) once the writer has been idle
+// for 250 ms. The WAL file is truncated to 64 MiB when it restarts.
+//
 // Concurrency: one writer goroutine owns the only write connection and
 // commits whatever requests are queued together in one transaction (group
 // commit), each inside its own savepoint so one failing request does not

@@ -15,9 +15,11 @@ bench-queries: ## query benchmarks: events/lastseen p50/p99 over 1M events, live
 
 # bench-relay runs the relay example on a real ngircd (MaxPenaltyTime 0, the
 # relay's IRC throttle 0) through IRC driver, source manager, query master
-# and client library: a 5000-message blast (whole, in order, no duplicates;
+# and client library, the relay pipelining its sends on one ActStream
+# (window 256): a 5000-message blast (whole, in order, no duplicates;
 # msgs/s) and p50/p99 latency from the sender's write to the receiver's read
-# at 50 msgs/s. Needs ngircd (make ngircd or Debian's package).
+# at 50 msgs/s. Needs ngircd (make ngircd or Debian's package). Other
+# processes on the machine skew the figures: check the load average.
 .PHONY: bench-relay
 bench-relay: ## relay benchmark on a real ngircd: blast msgs/s, p50/p99 latency at 50 msgs/s
 	QUILT_BENCH_RELAY=1 $(GO) test -tags '$(BUILD_TAGS)' -count=1 -timeout 10m -run '^TestRelayBench$$' -v ./clients/examples/relay \

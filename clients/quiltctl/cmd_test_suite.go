@@ -27,7 +27,9 @@ func (a *app) testCmd() *cobra.Command {
 		Long: `test runs the test cases in [testing] dir (default $QUILT_CFG/tests) whose
 file names match [testing] includes (default *_testcase.quilt) against the
 live cluster, one after the other, printing each step (✓/✗ and its time) and
-a final line "N passed, N failed". It exits 1 when a case failed.
+a final line "N passed, N failed" ("N passed, N failed, N skipped" when a
+case was skipped). It exits 1 when a case failed; skipped cases do not fail
+the run.
 
 CASE arguments keep the cases whose name or file name contains the word
 (case-insensitive) or matches the glob (* ? [).
@@ -49,9 +51,19 @@ A test case is a small line-based script:
   assert  rows == 1 within 5s
   wait    1s
 
-Steps: name, use SOURCE[/SERVER], set NAME VALUE, timeout DURATION,
-act send|join|part|kick|topic|raw|reconnect ..., expect [no] event COND...
-[within D], query KIND [PARAM=VALUE...] (presence members channels servers
+A case for a source not every cluster has starts with "require SOURCE" (or
+SOURCE/SERVER): when the query master knows no such source (attached or not)
+the case is reported SKIPPED with the reason instead of failing, e.g. the
+shipped Matrix case on a cluster that runs only IRC:
+
+  name    Matrix round trip
+  require matrix
+  use     matrix
+  ...
+
+Steps: name, use SOURCE[/SERVER], require SOURCE[/SERVER], set NAME VALUE,
+timeout DURATION, act send|join|part|kick|topic|raw|reconnect ..., expect
+[no] event COND... [within D], query KIND [PARAM=VALUE...] (presence members channels servers
 events lastseen sources) or query pattern NAME [VAR=VALUE...], assert rows OP
 N | row COND... | no row COND... | all rows COND... [within D], wait D.
 A condition is FIELD=VALUE, FIELD!=VALUE, FIELD~REGEXP, FIELD!~REGEXP or

@@ -18,6 +18,18 @@
 //	assert rows == 1 within 5s
 //	wait   1s
 //
+// A case for a protocol that not every cluster runs starts with `require`,
+// so a cluster without that source reports it skipped rather than failed:
+//
+//	# matrix_testcase.quilt
+//	name    Matrix round trip
+//	require matrix                       # skip unless the source is known
+//	use     matrix
+//	act     send #quilt:localhost "quilt canary ${RUN}"
+//	expect  event kind=message self=true text="quilt canary ${RUN}"
+//	query   members channel=#quilt:localhost
+//	assert  row self=true within 20s
+//
 // # Syntax
 //
 // One step per line; blank lines are ignored. A line starting with #, or a
@@ -39,6 +51,14 @@
 //	use SOURCE[/SERVER]     the source (and server) that act, expect and query
 //	                        use by default; without SERVER, a source with a
 //	                        single server uses that one
+//	require SOURCE[/SERVER] skip the case (not a failure) unless the query
+//	                        master knows the source, attached or not, and
+//	                        the server when named: a case for a protocol the
+//	                        cluster does not run. Only name, use, set,
+//	                        timeout and other requires may come before it,
+//	                        so a skipped case has done nothing. A known
+//	                        source that is detached is not skipped: the
+//	                        steps after it fail
 //	set NAME VALUE          define ${NAME}
 //	timeout DURATION        default `within` of expect steps (10s)
 //	act send TARGET TEXT [style=message|notice|emote]
@@ -100,8 +120,10 @@
 //
 // # Running
 //
-// The first failing step fails the case and skips the rest. Each step
-// prints ✓ or ✗ with its time, each case a PASS or FAIL line, and each round
-// ends with the line "N passed, N failed". Report.WriteJUnit writes JUnit
-// XML.
+// The first failing step fails the case and skips the rest; a `require`
+// that is not met skips the case with its reason. Each step prints ✓, ✗ or
+// - (skipped) with its time, each case a PASS, FAIL or SKIP line, and each
+// round ends with the line "N passed, N failed", or "N passed, N failed, N
+// skipped" when a case was skipped. Skipped cases are not failures.
+// Report.WriteJUnit writes JUnit XML (a skipped case as <skipped>).
 package quilttest

@@ -23,9 +23,9 @@ type Case struct {
 type Step struct {
 	Line int    // 1-based line number in the file
 	Text string // the line without its comment, trimmed
-	Verb string // use, set, act, expect, query, assert, wait
+	Verb string // use, require, set, timeout, act, expect, query, assert, wait
 
-	// use
+	// use, require
 	source, server string
 	// set
 	varName, varValue string
@@ -102,6 +102,7 @@ func Parse(file string, r io.Reader) (*Case, error) {
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)
 	ln := 0
 	named := false
+	acting := 0 // line of the first step that touches the cluster
 	var errs []string
 	fail := func(format string, args ...any) error {
 		return &ParseError{File: file, Line: ln, Msg: fmt.Sprintf(format, args...)}
@@ -139,7 +140,13 @@ func Parse(file string, r io.Reader) (*Case, error) {
 		var perr error
 		switch verb {
 		case "use":
-			perr = parseUse(st, args)
+			perr = parseUse(st, args, "use")
+		case "require":
+			if acting > 0 {
+				perr = fmt.Errorf("require must come before the steps that act, expect, query, assert or wait (line %d): a case that is skipped must not have done anything", acting)
+				break
+			}
+			perr = parseUse(st, args, "require")
 		case "set":
 			if len(args) < 2 || !varName.MatchString(args[0].s) {
 				perr = fmt.Errorf("want `set NAME VALUE` (NAME: letters, digits, _)")
@@ -168,7 +175,10 @@ func Parse(file string, r io.Reader) (*Case, error) {
 			}
 			st.wait, perr = parseDuration(args[0].s)
 		default:
-			perr = fmt.Errorf("unknown step %q: want name, use, set, timeout, act, expect, query, assert or wait", toks[0].s)
+			perr = fmt.Errorf("unknown step %q: want name, use, require, set, timeout, act, expect, query, assert or wait", toks[0].s)
+		}
+		if !setupVerb(verb) && acting == 0 {
+			acting = ln
 		}
 		if perr != nil {
 			errs = append(errs, fail("%v", perr).Error())
@@ -341,9 +351,20 @@ func takeWithin(st *Step, args []token) ([]token, error) {
 	return args, nil
 }
 
-func parseUse(st *Step, args []token) error {
+// setupVerb reports whether a step only sets up the case (touches nothing
+// in the cluster); `require` may follow only such steps.
+func setupVerb(v string) bool {
+	switch v {
+	case "use", "require", "set", "timeout":
+		return true
+	}
+	return false
+}
+
+// parseUse reads SOURCE[/SERVER] for use and require.
+func parseUse(st *Step, args []token, verb string) error {
 	if len(args) != 1 {
-		return fmt.Errorf("want `use SOURCE` or `use SOURCE/SERVER`")
+		return fmt.Errorf("want `%s SOURCE` or `%s SOURCE/SERVER`", verb, verb)
 	}
 	src, srv, _ := strings.Cut(args[0].s, "/")
 	if src == "" || strings.Contains(srv, "/") {

@@ -47,7 +47,7 @@ type StepResult struct {
 	Step     *Step
 	Text     string // the step with its variables expanded
 	Passed   bool
-	Skipped  bool // an earlier step failed
+	Skipped  bool // an earlier step failed, or this or an earlier require was not met
 	Err      error
 	Duration time.Duration
 }
@@ -59,11 +59,17 @@ type CaseResult struct {
 	Started  time.Time
 	Duration time.Duration
 	Steps    []StepResult
-	Err      error // the first failure; nil when the case passed
+	Err      error // the first failure; nil when the case passed or was skipped
+	// SkipReason says which `require` was not met; "" unless the case was
+	// skipped.
+	SkipReason string
 }
 
 // Passed reports whether every step passed.
-func (r *CaseResult) Passed() bool { return r.Err == nil }
+func (r *CaseResult) Passed() bool { return r.Err == nil && r.SkipReason == "" }
+
+// Skipped reports whether a `require` was not met, so the case did not run.
+func (r *CaseResult) Skipped() bool { return r.Err == nil && r.SkipReason != "" }
 
 // Report is one round over the selected cases.
 type Report struct {
@@ -72,22 +78,35 @@ type Report struct {
 	Cases    []*CaseResult
 }
 
-// Counts returns the passed and failed cases.
+// Counts returns the passed and failed cases; skipped cases are neither.
 func (r *Report) Counts() (passed, failed int) {
+	passed, failed, _ = r.Tally()
+	return
+}
+
+// Tally returns the passed, failed and skipped cases.
+func (r *Report) Tally() (passed, failed, skipped int) {
 	for _, c := range r.Cases {
-		if c.Passed() {
+		switch {
+		case c.Passed():
 			passed++
-		} else {
+		case c.Skipped():
+			skipped++
+		default:
 			failed++
 		}
 	}
 	return
 }
 
-// Summary is the final line: "N passed, N failed".
+// Summary is the final line: "N passed, N failed", with ", N skipped"
+// added when a case was skipped.
 func (r *Report) Summary() string {
-	p, f := r.Counts()
-	return fmt.Sprintf("%d passed, %d failed", p, f)
+	p, f, s := r.Tally()
+	if s == 0 {
+		return fmt.Sprintf("%d passed, %d failed", p, f)
+	}
+	return fmt.Sprintf("%d passed, %d failed, %d skipped", p, f, s)
 }
 
 func (r *Runner) printf(format string, args ...any) {
@@ -164,11 +183,19 @@ func (r *Runner) RunCase(ctx context.Context, c *Case) *CaseResult {
 	}
 	r.printf("=== %s (%s) run %s\n", c.Name, where, res.Run)
 
-	// Subscribe before the first step, replaying from the case's start, so
-	// an event caused by a step is seen however late the stream is set up.
+	// Subscribe before the first step that touches the cluster (after the
+	// requires, so a skipped case opens no stream), replaying from the
+	// case's start, so an event caused by a step is seen however late the
+	// stream is set up.
 	subCtx, stopSub := context.WithCancel(ctx)
 	subDone := make(chan struct{})
-	if needsEvents(c) {
+	subscribed := false
+	subscribe := func() {
+		subscribed = true
+		if !needsEvents(c) {
+			close(subDone)
+			return
+		}
 		go func() {
 			defer close(subDone)
 			err := r.Client.Subscribe(subCtx, quilt.SubscribeOptions{ReplaySince: cr.start}, func(e *quiltv1.Event) error {
@@ -188,29 +215,42 @@ func (r *Runner) RunCase(ctx context.Context, c *Case) *CaseResult {
 			cr.notify = make(chan struct{})
 			cr.mu.Unlock()
 		}()
-	} else {
-		close(subDone)
 	}
-	defer func() { stopSub(); <-subDone }()
+	defer func() {
+		stopSub()
+		if subscribed {
+			<-subDone
+		}
+	}()
 
-	failed := false
+	failed, skipped := false, false
 	for i, st := range c.Steps {
 		cr.next = nil
 		if i+1 < len(c.Steps) {
 			cr.next = c.Steps[i+1]
 		}
 		sr := StepResult{Step: st, Text: cr.expandBest(st.Text)}
-		if failed {
+		if failed || skipped {
 			sr.Skipped = true
 			res.Steps = append(res.Steps, sr)
 			r.printf("  - %-60s skipped\n", sr.Text)
 			continue
 		}
+		if !subscribed && !setupVerb(st.Verb) {
+			subscribe()
+		}
 		t0 := time.Now()
 		err := cr.step(ctx, st)
 		sr.Duration = time.Since(t0)
 		sr.Text = cr.expandBest(st.Text) // `set` and `use` change what later text means
-		if err != nil {
+		var unmet *unmetError
+		if errors.As(err, &unmet) {
+			skipped = true
+			sr.Skipped = true
+			res.SkipReason = unmet.reason
+			r.printf("  - %-60s %s\n", sr.Text, fmtDur(sr.Duration))
+			r.printf("      not met: %s\n", unmet.reason)
+		} else if err != nil {
 			failed = true
 			sr.Err = err
 			res.Err = fmt.Errorf("line %d: %s: %w", st.Line, sr.Text, err)
@@ -225,12 +265,67 @@ func (r *Runner) RunCase(ctx context.Context, c *Case) *CaseResult {
 		res.Steps = append(res.Steps, sr)
 	}
 	res.Duration = time.Since(res.Started)
-	verdict := "PASS"
-	if failed {
-		verdict = "FAIL"
+	switch {
+	case failed:
+		r.printf("--- FAIL %s (%s)\n", c.Name, fmtDur(res.Duration))
+	case skipped:
+		r.printf("--- SKIP %s (%s): %s\n", c.Name, fmtDur(res.Duration), res.SkipReason)
+	default:
+		r.printf("--- PASS %s (%s)\n", c.Name, fmtDur(res.Duration))
 	}
-	r.printf("--- %s %s (%s)\n", verdict, c.Name, fmtDur(res.Duration))
 	return res
+}
+
+// unmetError is a `require` the cluster does not meet: the case is
+// skipped, not failed.
+type unmetError struct{ reason string }
+
+func (e *unmetError) Error() string { return e.reason }
+
+// require checks that the query master knows the source (attached or
+// not) and, when named, its server. A source it does not know is a
+// cluster without that protocol: the case is skipped. A known source that
+// is detached is not skipped: the steps that follow fail, which is what a
+// canary is for.
+func (cr *caseRun) require(ctx context.Context, st *Step) error {
+	src, err := cr.expand(st.source, false)
+	if err != nil {
+		return err
+	}
+	srv, err := cr.expand(st.server, false)
+	if err != nil {
+		return err
+	}
+	sources, err := cr.r.Client.Sources(ctx, true)
+	if err != nil {
+		return fmt.Errorf("listing sources to check %q: %w", src, err)
+	}
+	var known []string
+	for _, s := range sources {
+		known = append(known, s.GetName())
+		if s.GetName() != src {
+			continue
+		}
+		if srv == "" {
+			return nil
+		}
+		var servers []string
+		for _, x := range s.GetServers() {
+			if x.GetName() == srv {
+				return nil
+			}
+			servers = append(servers, x.GetName())
+		}
+		return &unmetError{fmt.Sprintf("source %q has no server %q (servers: %s)", src, srv, orNone(servers))}
+	}
+	return &unmetError{fmt.Sprintf("the query master knows no source %q (sources: %s)", src, orNone(known))}
+}
+
+func orNone(list []string) string {
+	if len(list) == 0 {
+		return "none"
+	}
+	return strings.Join(list, ", ")
 }
 
 func fmtDur(d time.Duration) string {
@@ -314,6 +409,8 @@ func (cr *caseRun) step(ctx context.Context, st *Step) error {
 	case "use":
 		cr.source, cr.server = st.source, st.server
 		return nil
+	case "require":
+		return cr.require(ctx, st)
 	case "set":
 		v, err := cr.expand(st.varValue, false)
 		if err != nil {

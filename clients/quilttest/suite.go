@@ -137,6 +137,7 @@ type junitSuites struct {
 	Name     string       `xml:"name,attr"`
 	Tests    int          `xml:"tests,attr"`
 	Failures int          `xml:"failures,attr"`
+	Skipped  int          `xml:"skipped,attr"`
 	Time     string       `xml:"time,attr"`
 	Suites   []junitSuite `xml:"testsuite"`
 }
@@ -158,6 +159,7 @@ type junitCase struct {
 	File      string        `xml:"file,attr,omitempty"`
 	Time      string        `xml:"time,attr"`
 	Failure   *junitFailure `xml:"failure,omitempty"`
+	Skipped   *junitSkipped `xml:"skipped,omitempty"`
 	SystemOut string        `xml:"system-out,omitempty"`
 }
 
@@ -167,13 +169,19 @@ type junitFailure struct {
 	Text    string `xml:",chardata"`
 }
 
+type junitSkipped struct {
+	Message string `xml:"message,attr"`
+}
+
 func secs(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
 
 // WriteJUnit writes the report as JUnit XML: one testsuite "quilt", one
-// testcase per case, the steps in system-out, the failing step in failure.
+// testcase per case, the steps in system-out, the failing step in failure,
+// the unmet `require` of a skipped case in skipped (tests counts skipped
+// cases too, as JUnit readers expect).
 func (r *Report) WriteJUnit(w io.Writer) error {
-	p, f := r.Counts()
-	s := junitSuite{Name: "quilt", Tests: p + f, Failures: f, Time: secs(r.Duration), Timestamp: r.Started.UTC().Format(time.RFC3339)}
+	p, f, sk := r.Tally()
+	s := junitSuite{Name: "quilt", Tests: p + f + sk, Failures: f, Skipped: sk, Time: secs(r.Duration), Timestamp: r.Started.UTC().Format(time.RFC3339)}
 	for _, c := range r.Cases {
 		jc := junitCase{Name: c.Case.Name, Classname: "quilt." + strings.TrimSuffix(filepath.Base(c.Case.File), filepath.Ext(c.Case.File)),
 			File: c.Case.File, Time: secs(c.Duration)}
@@ -195,10 +203,12 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 		jc.SystemOut = out.String()
 		if c.Err != nil {
 			jc.Failure = &junitFailure{Message: c.Err.Error(), Type: "StepFailed", Text: out.String()}
+		} else if c.Skipped() {
+			jc.Skipped = &junitSkipped{Message: c.SkipReason}
 		}
 		s.Cases = append(s.Cases, jc)
 	}
-	doc := junitSuites{Name: "quilt", Tests: s.Tests, Failures: f, Time: s.Time, Suites: []junitSuite{s}}
+	doc := junitSuites{Name: "quilt", Tests: s.Tests, Failures: f, Skipped: sk, Time: s.Time, Suites: []junitSuite{s}}
 	if _, err := io.WriteString(w, xml.Header); err != nil {
 		return err
 	}

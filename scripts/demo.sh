@@ -59,9 +59,10 @@ channels = #quilt, #ops
 reconnect_min = 1s
 reconnect_max = 10s
 CFG
-  if [ -d "$ROOT/etc/quilt/patterns.d" ]; then
-    rm -rf "$CFG/patterns.d"; cp -r "$ROOT/etc/quilt/patterns.d" "$CFG/patterns.d"
-  fi
+  local d
+  for d in patterns.d tests; do      # shipped query patterns and cluster test cases
+    rm -rf "${CFG:?}/$d"; cp -r "$ROOT/etc/quilt/$d" "$CFG/$d"
+  done
 }
 
 pid_of() { local f=$DEMO/run/$1.pid; [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"; }
@@ -134,6 +135,8 @@ start() {
   wait "$bob_pid"
   say "quiltctl history   (every query is recorded)"
   quiltctl history --limit 5
+  say "quiltctl test --once   (the shipped cluster test cases; the Matrix one needs a matrix source)"
+  quiltctl test --once
   cat <<MSG
 
 The cluster is still running. Try:

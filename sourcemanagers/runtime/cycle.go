@@ -112,9 +112,11 @@ func (m *Manager) connect(c *conn, delay time.Duration) {
 	case StreamDriver:
 		c.in = make(chan inMsg, 16)
 		c.do = make(chan doReq)
-		c.queue = newCommandQueue(m.clock, sc.Throttle, sc.ThrottleBurst, c.execStream)
 		addrs := drv.Addresses(sc)
 		s.mu.Lock()
+		// Under mu: Act finds the conn (published by reconcile) and its
+		// queue under mu.
+		c.queue = newCommandQueue(m.clock, sc.Throttle, sc.ThrottleBurst, c.execStream)
 		if len(addrs) > 0 {
 			s.address = addrs[0]
 		}
@@ -154,7 +156,9 @@ func (m *Manager) connect(c *conn, delay time.Duration) {
 			return
 		}
 		c.client = cl
+		s.mu.Lock()
 		c.queue = newCommandQueue(m.clock, sc.Throttle, sc.ThrottleBurst, c.execClient)
+		s.mu.Unlock()
 		c.runClient()
 	}
 }

@@ -367,6 +367,8 @@ func TestLinkReplayAfterDropKeepsSeqs(t *testing.T) {
 	qm.noAck = true
 	h := startLinked(t, qm, runtime.LinkOptions{BatchSize: 5, BatchDelay: time.Millisecond, ReconnectMin: 10 * time.Millisecond})
 	st := qm.stream(t)
+	// Sessions connect once Welcome is in; an action before that fails.
+	qm.until(t, "members", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MEMBERS) == 1 })
 	_ = st.Send(raw("e", "emit 40"))
 	qm.until(t, "40 messages", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MESSAGE) == 40 })
 	qm.mu.Lock()

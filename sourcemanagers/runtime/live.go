@@ -32,12 +32,16 @@ func (m *Manager) Act(a *quiltv1.Action, report func(*quiltv1.ActionResult)) {
 	s.mu.Lock()
 	c := s.conn
 	st := s.state
+	var q *commandQueue
+	if c != nil {
+		q = c.queue // set under mu once the session is being opened
+	}
 	s.mu.Unlock()
-	if c == nil || c.queue == nil || c.ctx.Err() != nil {
+	if q == nil || c.ctx.Err() != nil {
 		report(failed(a, codes.Unavailable, "server "+quoted(s.name)+" is not connected ("+stateName(st)+")"))
 		return
 	}
-	c.queue.push(a, report)
+	q.push(a, report)
 }
 
 func quoted(s string) string { return "\"" + s + "\"" }

@@ -237,6 +237,13 @@ func (c *conn) runStream(sess Session, tc transport.Conn) {
 
 	var reason error
 	handle := func(out Output) bool {
+		// Lag first: a peer that sees the PONG this output writes may ask
+		// for the lag it measured at once.
+		if out.Lag != 0 {
+			c.srv.mu.Lock()
+			c.srv.lag = out.Lag
+			c.srv.mu.Unlock()
+		}
 		for _, b := range out.Send {
 			if err := tc.Write(b); err != nil {
 				if !errors.Is(err, transport.ErrBackpressure) || tc.WriteWait(c.ctx, b) != nil {
@@ -244,11 +251,6 @@ func (c *conn) runStream(sess Session, tc transport.Conn) {
 					return false
 				}
 			}
-		}
-		if out.Lag != 0 {
-			c.srv.mu.Lock()
-			c.srv.lag = out.Lag
-			c.srv.mu.Unlock()
 		}
 		if err := c.emit(c.ctx, out.Events, out.Cursors); err != nil {
 			reason = context.Cause(c.ctx)
@@ -270,7 +272,7 @@ func (c *conn) runStream(sess Session, tc transport.Conn) {
 		return true
 	}
 
-	go c.queue.run(c.ctx)
+	queueDone := c.runQueue()
 	ok := handle(sess.Start(clock.Now()))
 	for ok {
 		select {
@@ -307,7 +309,21 @@ func (c *conn) runStream(sess Session, tc transport.Conn) {
 	}
 	c.cancel(reason)
 	_ = tc.Close()
+	<-queueDone
 	c.finish(reason)
+}
+
+// runQueue starts the session's queue worker. The session waits for it
+// after cancelling its context (every wait in the worker ends with it),
+// so the results of actions failed by the session's end are reported
+// before the session is over, not by a goroutine outliving the manager.
+func (c *conn) runQueue() <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.queue.run(c.ctx)
+	}()
+	return done
 }
 
 // execStream runs an action on the loop goroutine.
@@ -342,7 +358,7 @@ func (c *conn) Emit(ctx context.Context, evs []*quiltv1.Event, cursors []*quiltv
 
 func (c *conn) runClient() {
 	defer close(c.done)
-	go c.queue.run(c.ctx)
+	queueDone := c.runQueue()
 	connected := func(self *quiltv1.User) {
 		now := c.srv.mgr.clock.Now()
 		ev := model.NewEvent(quiltv1.EventKind_EVENT_KIND_CONNECTED, now, self)
@@ -360,6 +376,7 @@ func (c *conn) runClient() {
 		err = errors.New("client session ended")
 	}
 	c.cancel(err)
+	<-queueDone
 	c.finish(err)
 }
 

@@ -204,17 +204,24 @@ func (c *Client) Do(ctx context.Context, a *quiltv1.Action) (int, error) {
 	case <-ctx.Done():
 		return 0, context.Cause(ctx)
 	}
+	var err error
 	select {
-	case err := <-r.reply:
-		if err != nil {
-			return 0, err
-		}
-		return 1, nil
+	case err = <-r.reply:
 	case <-c.done:
-		return 0, unavailable
+		// RECONNECT replies and then ends the session, so both can be
+		// ready at once: a reply that was given wins.
+		select {
+		case err = <-r.reply:
+		default:
+			return 0, unavailable
+		}
 	case <-ctx.Done():
 		return 0, context.Cause(ctx)
 	}
+	if err != nil {
+		return 0, err
+	}
+	return 1, nil
 }
 
 // selfUser is the bot's account, all four names its login; a new one per

@@ -103,8 +103,13 @@ func TestControlServer(t *testing.T) {
 	if len(sm2.welcome.Desired) != 1 || !sm2.welcome.Desired[0].Reconnect {
 		t.Fatalf("welcome desired %v", sm2.welcome.Desired)
 	}
-	d, _ := st.DesiredServers(ctx, "irc1")
-	if len(d) != 1 || d[0].Reconnect || d[0].Enabled {
+	// the one-shot flag is cleared once the Welcome carrying it is sent
+	var d []*quiltv1.DesiredServer
+	eventually(t, "reconnect cleared after delivery", func() bool {
+		d, _ = st.DesiredServers(ctx, "irc1")
+		return len(d) == 1 && !d[0].Reconnect
+	})
+	if d[0].Enabled {
 		t.Fatalf("stored after delivery %v (reconnect is one-shot, disable stays)", d)
 	}
 }

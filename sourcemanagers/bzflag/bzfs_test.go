@@ -60,22 +60,12 @@ reconnect_max = 1s
 func (bc *bzCluster) waitEvents(d time.Duration, n int64, f *quiltv1.EventFilter) []*quiltv1.Event {
 	bc.t.Helper()
 	f.Sources = []string{"bz"}
-	bc.c.WaitEvents(d, f, n)
-	page, err := bc.st.QueryEvents(context.Background(), store.EventQuery{Filter: f, OldestFirst: true, Limit: 1000})
-	if err != nil {
-		bc.t.Fatal(err)
-	}
-	return page.Events
+	return bc.c.Events(d, n, f)
 }
 
 func (bc *bzCluster) act(a *quiltv1.Action) *quiltv1.ActionResult {
 	bc.t.Helper()
-	a.Source, a.Server = "bz", "local"
-	res, err := bc.c.Master().Router().Act(context.Background(), a, 10*time.Second)
-	if err != nil {
-		bc.t.Fatalf("act %v: %v", a.Kind, err)
-	}
-	return res
+	return bc.c.Act("bz", "local", a, 10*time.Second)
 }
 
 func (bc *bzCluster) members() map[string]*quiltv1.Member {

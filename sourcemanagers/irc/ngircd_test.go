@@ -89,21 +89,12 @@ ping_interval = 30s
 func (ic *ircCluster) waitEvents(d time.Duration, n int64, f *quiltv1.EventFilter) []*quiltv1.Event {
 	ic.t.Helper()
 	f.Sources = []string{"irc"}
-	ic.c.WaitEvents(d, f, n)
-	page, err := ic.st.QueryEvents(context.Background(), store.EventQuery{Filter: f, OldestFirst: true, Limit: 1000})
-	if err != nil {
-		ic.t.Fatal(err)
-	}
-	return page.Events
+	return ic.c.Events(d, n, f)
 }
 
 func (ic *ircCluster) act(a *quiltv1.Action) *quiltv1.ActionResult {
 	ic.t.Helper()
-	a.Source, a.Server = "irc", "local"
-	res, err := ic.c.Master().Router().Act(context.Background(), a, 10*time.Second)
-	if err != nil {
-		ic.t.Fatalf("act %v: %v", a.Kind, err)
-	}
+	res := ic.c.Act("irc", "local", a, 10*time.Second)
 	if !res.GetOk() {
 		ic.t.Fatalf("act %v failed: %s", a.Kind, res.GetError())
 	}

@@ -99,22 +99,12 @@ type xcluster struct {
 func (x *xcluster) events(d time.Duration, n int64, f *quiltv1.EventFilter) []*quiltv1.Event {
 	x.t.Helper()
 	f.Sources = []string{"xmpp"}
-	x.c.WaitEvents(d, f, n)
-	page, err := x.st.QueryEvents(context.Background(), store.EventQuery{Filter: f, OldestFirst: true, Limit: 1000})
-	if err != nil {
-		x.t.Fatal(err)
-	}
-	return page.Events
+	return x.c.Events(d, n, f)
 }
 
 func (x *xcluster) act(a *quiltv1.Action) *quiltv1.ActionResult {
 	x.t.Helper()
-	a.Source, a.Server = "xmpp", "local"
-	res, err := x.c.Master().Router().Act(context.Background(), a, 40*time.Second)
-	if err != nil {
-		x.t.Fatalf("act %v: %v", a.Kind, err)
-	}
-	return res
+	return x.c.Act("xmpp", "local", a, 40*time.Second)
 }
 
 func kinds(k ...quiltv1.EventKind) []quiltv1.EventKind { return k }

@@ -458,3 +458,28 @@ func (c *Cluster) leaderKey() string {
 	}
 	return cfg.QueryMaster.LeaderKey
 }
+
+// Events waits until the store holds at least n events matching f, then
+// returns every match, oldest first (at most 1000).
+func (c *Cluster) Events(d time.Duration, n int64, f *quiltv1.EventFilter) []*quiltv1.Event {
+	c.t.Helper()
+	c.WaitEvents(d, f, n)
+	page, err := c.Store.QueryEvents(context.Background(), store.EventQuery{Filter: f, OldestFirst: true, Limit: 1000})
+	if err != nil {
+		c.t.Fatalf("querytest: %v", err)
+	}
+	return page.Events
+}
+
+// Act routes a to source/server through the master, as a client's Act
+// would, and fails the test when it cannot be routed or gets no result in
+// time. A result with ok=false is returned for the caller to judge.
+func (c *Cluster) Act(source, server string, a *quiltv1.Action, timeout time.Duration) *quiltv1.ActionResult {
+	c.t.Helper()
+	a.Source, a.Server = source, server
+	res, err := c.Master().Router().Act(context.Background(), a, timeout)
+	if err != nil {
+		c.t.Fatalf("querytest: act %v on %s/%s: %v", a.Kind, source, server, err)
+	}
+	return res
+}

@@ -242,7 +242,7 @@ func TestInstallAndInitScripts(t *testing.T) {
 				r.run(s, "stop")
 			}
 		}
-		for _, n := range []string{"quilt-qmd", "quilt-smd-t1", "quilt-smd-t2", "quilt-smd-off"} {
+		for _, n := range []string{"quilt-qmd", "quilt-smd-t1", "quilt-smd-t2", "quilt-smd-off", "quilt-smd-fresh"} {
 			if p := r.pid(n); alive(p) {
 				syscall.Kill(p, syscall.SIGKILL)
 			}
@@ -291,6 +291,24 @@ func TestInstallAndInitScripts(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// Registering a new source manager: sm add writes a validated file, the
+	// init script starts it, and quiltctl sources lists it once attached.
+	r.expect(0, "usr/bin/quiltctl", "--config", cfgDir, "sm", "add", "fresh", "--protocol", "test",
+		"--set", "users=2", "--set", "channels=#fresh")("wrote ")
+	r.expect(0, smdScript, "start", "fresh")("quilt-smd fresh: started")
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		out, code := r.run("usr/bin/quiltctl", "--config", cfgDir, "sources")
+		if code == 0 && strings.Contains(out, "fresh") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quiltctl sources did not list the source manager added with sm add:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	r.expect(0, smdScript, "stop", "fresh")("quilt-smd fresh: stopped")
+
 	write(t, filepath.Join(cfgDir, "tests", "t1_testcase.quilt"), `name t1 round trip
 use t1
 query servers

@@ -8,15 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/quilt/quilt/clients/quiltctl"
 	"github.com/quilt/quilt/querymaster/query/querytest"
-	"github.com/quilt/quilt/quiltcore/config"
 	"github.com/quilt/quilt/quiltcore/store/sqlitestore"
 	"github.com/quilt/quilt/quiltcore/testenv"
 	"github.com/quilt/quilt/sourcemanagers/irc"
-	"github.com/quilt/quilt/sourcemanagers/runtime"
 )
 
 // TestShippedIRCSuite runs the shipped etc/quilt/tests/*_testcase.quilt
@@ -37,27 +34,9 @@ func TestShippedIRCSuite(t *testing.T) {
 	c := querytest.Start(t, querytest.Options{Store: st})
 
 	host, port, _ := strings.Cut(srv.Addr, ":")
-	path := filepath.Join(c.Dir, "smd.d", "irc.cfg")
 	cfgText := fmt.Sprintf("protocol = irc\n\n[server bench]\nhost = %s\nport = %s\ntls = false\nnick = quilt\n"+
 		"channels = #quilt, #test\nthrottle = 100ms\nthrottle_burst = 10\nreconnect_min = 200ms\nreconnect_max = 1s\n", host, port)
-	if err := os.WriteFile(path, []byte(cfgText), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	smCfg, err := config.LoadSourceManager(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := runtime.New(runtime.Options{
-		Config: smCfg, Drivers: []runtime.Driver{irc.Driver{}}, Target: c.Addr, Node: "test",
-		Link: runtime.LinkOptions{ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond, BatchDelay: time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); m.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c.AddSourceFile("irc", cfgText, irc.Driver{})
 
 	// The shipped cases, where [testing] dir points by default.
 	files, err := filepath.Glob("../../etc/quilt/tests/*_testcase.quilt")
@@ -102,8 +81,7 @@ func TestShippedIRCSuite(t *testing.T) {
 	}
 
 	// The same suite fails, with exit 1, when the IRC source manager is gone.
-	cancel()
-	<-done
+	c.StopSource("irc")
 	out.Reset()
 	errOut.Reset()
 	code = quiltctl.Main(context.Background(), []string{"test", "--once", "--config", c.Dir, "--case-timeout", "2s", "irc"}, strings.NewReader(""), &out, &errOut)

@@ -3,8 +3,6 @@ package irc_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,12 +11,10 @@ import (
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/querymaster/query/querytest"
-	"github.com/quilt/quilt/quiltcore/config"
 	"github.com/quilt/quilt/quiltcore/store"
 	"github.com/quilt/quilt/quiltcore/store/sqlitestore"
 	"github.com/quilt/quilt/quiltcore/testenv"
 	"github.com/quilt/quilt/sourcemanagers/irc"
-	"github.com/quilt/quilt/sourcemanagers/runtime"
 )
 
 const ev = quiltv1.EventKind_EVENT_KIND_MESSAGE
@@ -60,25 +56,7 @@ reconnect_min = 200ms
 reconnect_max = 1s
 ping_interval = 30s
 `, host, port, throttle)
-	path := filepath.Join(c.Dir, "smd.d", "irc.cfg")
-	if err := os.WriteFile(path, []byte(cfgText), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	smCfg, err := config.LoadSourceManager(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := runtime.New(runtime.Options{
-		Config: smCfg, Drivers: []runtime.Driver{irc.Driver{}}, Target: c.Addr, Node: "test",
-		Link: runtime.LinkOptions{ReconnectMin: 20 * time.Millisecond, ReconnectMax: 200 * time.Millisecond, BatchDelay: time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); m.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c.AddSourceFile("irc", cfgText, irc.Driver{})
 	ic := &ircCluster{t: t, srv: srv, c: c, st: st}
 	// the bot is in both channels once its own JOINs are stored
 	ic.waitEvents(20*time.Second, 1, &quiltv1.EventFilter{Channel: "#quilt", Kinds: []quiltv1.EventKind{quiltv1.EventKind_EVENT_KIND_JOIN}})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -412,6 +413,11 @@ func (l *link) attach(ctx context.Context) (welcomed bool, _ error) {
 		Servers: l.m.statuses(), InstanceId: l.m.opts.InstanceID, LastSeq: lastSeq,
 	}
 	if err := stream.Send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Hello{Hello: hello}}); err != nil {
+		// io.EOF means the query master already ended the stream (e.g. "not
+		// leader"); its status, which says why, comes from Recv.
+		if errors.Is(err, io.EOF) {
+			_, err = stream.Recv()
+		}
 		return false, fmt.Errorf("hello to %s: %w", target, err)
 	}
 	wt := time.AfterFunc(30*time.Second, func() { cancel(errors.New("no Welcome within 30s")) })

@@ -43,6 +43,11 @@ func (s *Store) InsertEvents(ctx context.Context, source string, events []*quilt
 		}
 		p.namesCol = namesColumn(p.names)
 	}
+	// Back-pressure: hold the batch while the indexer is far behind
+	// (index.go).
+	if err := s.waitIndexed(ctx, s.committed.Load()-maxIndexLag); err != nil {
+		return store.InsertResult{}, fmt.Errorf("sqlitestore: insert %d events from source %q: %w", len(events), source, err)
+	}
 	var res store.InsertResult
 	err = s.write(ctx, func(c *wconn) error {
 		res = store.InsertResult{}
@@ -91,47 +96,52 @@ func namesColumn(names []string) string {
 // The multi-row INSERTs of a batch: one statement per table per chunk of
 // rows instead of one per row.
 var (
-	insProcessed = newMultiRow("INSERT INTO processed(source, id, processed_at) VALUES ", 3, " ON CONFLICT DO NOTHING RETURNING id")
+	insProcessed = newMultiRow("INSERT INTO processed(source, id, processed_at) VALUES ", 3, " ON CONFLICT DO NOTHING")
 	insEvents    = newMultiRow("INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data, names) VALUES ", 11, "")
 	insNames     = newMultiRow("INSERT INTO user_names(name, ukey) VALUES ", 2, " ON CONFLICT DO NOTHING")
-	insFTS       = newMultiRow("INSERT INTO events_fts(rowid, text) VALUES ", 2, "")
 )
 
 func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep []preparedEvent, cursors []*quiltv1.Cursor, res *store.InsertResult) error {
-	now := time.Now().UnixNano()
+	// now marks this call's processed rows: unique per call (the writer
+	// is the only caller), so the rare batch holding duplicates can tell
+	// its own new rows from older ones.
+	now := max(time.Now().UnixNano(), s.w.lastMark+1)
+	s.w.lastMark = now
 	if len(events) > 0 {
 		args := make([]driver.Value, 0, 3*len(events))
 		for _, e := range events {
 			args = append(args, source, e.GetId(), now)
 		}
-		fresh := make(map[string]bool, len(events))
-		err := insProcessed.chunks(args, func(q string, vals []driver.Value) error {
-			return c.queryValues(q, vals, func(d []driver.Value) error {
-				switch id := d[0].(type) {
-				case string:
-					fresh[id] = true
-				case []byte:
-					fresh[string(id)] = true
-				default:
-					return fmt.Errorf("processed id returned as %T", d[0])
-				}
-				return nil
-			})
-		})
+		// The common batch has no duplicate: a plain insert and its row
+		// count say so, without RETURNING (a row stepped back through cgo
+		// per event, a third of the insert's cost).
+		inserted, err := insProcessed.execCount(c, args)
 		if err != nil {
 			return err
 		}
+		var fresh map[string]bool
+		if inserted < int64(len(events)) {
+			fresh = make(map[string]bool, inserted)
+			err := c.query("SELECT id FROM processed INDEXED BY processed_at WHERE processed_at = ? AND source = ?", []any{now, source}, func(d []driver.Value) error {
+				fresh[asString(d[0])] = true
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
 		evArgs := make([]driver.Value, 0, 11*len(events))
 		nameArgs := []driver.Value(nil)
-		ftsArgs := make([]driver.Value, 0, 2*len(events))
 		for i, e := range events {
-			if !fresh[e.GetId()] {
-				res.Duplicates = append(res.Duplicates, e.GetId())
-				continue
+			if fresh != nil {
+				if !fresh[e.GetId()] {
+					res.Duplicates = append(res.Duplicates, e.GetId())
+					continue
+				}
+				// A repeated id within the batch is a duplicate of its
+				// first occurrence.
+				delete(fresh, e.GetId())
 			}
-			// A repeated id within the batch is a duplicate of its first
-			// occurrence.
-			delete(fresh, e.GetId())
 			p := &prep[i]
 			id := s.w.nextID
 			s.w.nextID++
@@ -146,18 +156,12 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 					nameArgs = append(nameArgs, n, p.ukey)
 				}
 			}
-			if s.hasFTS && e.GetText() != "" {
-				ftsArgs = append(ftsArgs, id, e.GetText())
-			}
 			res.Stored++
 		}
 		if err := insEvents.exec(c, evArgs); err != nil {
 			return err
 		}
 		if err := insNames.exec(c, nameArgs); err != nil {
-			return err
-		}
-		if err := insFTS.exec(c, ftsArgs); err != nil {
 			return err
 		}
 	}
@@ -179,25 +183,37 @@ type userPart struct {
 }
 
 // where builds the FROM/WHERE of an event query. part, when set, replaces
-// the filter's user: "e.ukey = ?" lets events_user_time, (ukey, time_ns,
-// id), drive an ordered page. Without it a user filter becomes a user_names
-// subquery (counts, and globs matching too many users to merge).
+// the filter's user: "u.ukey = ?" lets the index file's user_time, (ukey,
+// time_ns, id), drive an ordered page. Without it a user filter becomes a
+// user_names subquery (counts, and globs matching too many users to
+// merge). A channel filter walks channel_time the same way. Queries using
+// the index file must syncIndexed first (needsIndex).
 func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, conds []string, args []any, tcol, idcol string) {
 	from, tcol, idcol = "events e", "e.time_ns", "e.id"
+	channelDone := false
 	if part != nil {
-		conds = append(conds, "e.ukey = ?")
+		from, tcol, idcol = "ix.user_time u CROSS JOIN events e ON e.id = u.id", "u.time_ns", "u.id"
+		conds = append(conds, "u.ukey = ?")
 		args = append(args, part.ukey)
 		c, a := namesCond(part.names)
 		conds = append(conds, c)
 		args = append(args, a...)
-	} else if u := f.GetUser(); u != "" {
-		if storeutil.HasWildcard(u) {
-			conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name GLOB ?)", "e.names REGEXP ?")
-			args = append(args, sqliteGlob(u), namesGlobRegex(u))
-		} else {
-			n := normName(strings.ToLower(u))
-			conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name = ?)", "instr(e.names, ?) > 0")
-			args = append(args, n, nameSep+n+nameSep)
+	} else {
+		if v := f.GetChannel(); v != "" {
+			from, tcol, idcol = "ix.channel_time c CROSS JOIN events e ON e.id = c.id", "c.time_ns", "c.id"
+			conds = append(conds, "c.channel = ?")
+			args = append(args, v)
+			channelDone = true
+		}
+		if u := f.GetUser(); u != "" {
+			if storeutil.HasWildcard(u) {
+				conds = append(conds, "e.id IN (SELECT id FROM ix.user_time WHERE ukey IN (SELECT ukey FROM user_names WHERE name GLOB ?))", "e.names REGEXP ?")
+				args = append(args, sqliteGlob(u), namesGlobRegex(u))
+			} else {
+				n := normName(strings.ToLower(u))
+				conds = append(conds, "e.id IN (SELECT id FROM ix.user_time WHERE ukey IN (SELECT ukey FROM user_names WHERE name = ?))", "instr(e.names, ?) > 0")
+				args = append(args, n, nameSep+n+nameSep)
+			}
 		}
 	}
 	if src := f.GetSources(); len(src) > 0 {
@@ -210,7 +226,7 @@ func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, cond
 		conds = append(conds, "e.server = ?")
 		args = append(args, v)
 	}
-	if v := f.GetChannel(); v != "" {
+	if v := f.GetChannel(); v != "" && !channelDone {
 		conds = append(conds, "e.channel = ?")
 		args = append(args, v)
 	}
@@ -224,7 +240,7 @@ func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, cond
 		if s.hasFTS && utf8.RuneCountInString(v) >= 3 {
 			// Trigram MATCH is a case-insensitive substring search; the
 			// string is one quoted phrase so its characters are literal.
-			conds = append(conds, "e.id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+			conds = append(conds, "e.id IN (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ?)")
 			args = append(args, `"`+strings.ReplaceAll(v, `"`, `""`)+`"`)
 		} else {
 			c, a := containsCond("e.text", v)
@@ -245,6 +261,12 @@ func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, cond
 		args = append(args, v.AsTime().UnixNano())
 	}
 	return from, conds, args, tcol, idcol
+}
+
+// needsIndex reports whether a query with f reads the index file, and so
+// must wait for it to hold every acknowledged event first.
+func needsIndex(f *quiltv1.EventFilter) bool {
+	return f.GetUser() != "" || f.GetChannel() != "" || f.GetText() != ""
 }
 
 // namesCond keeps the events carrying one of names.
@@ -307,6 +329,11 @@ func (s *Store) QueryEvents(ctx context.Context, q store.EventQuery) (store.Even
 	if err := storeutil.CheckFilter(q.Filter); err != nil {
 		return store.EventPage{}, err
 	}
+	if needsIndex(q.Filter) {
+		if err := s.syncIndexed(ctx); err != nil {
+			return store.EventPage{}, err
+		}
+	}
 	limit := storeutil.Limit(q.Limit)
 	var after *storeutil.Key
 	if q.PageToken != "" {
@@ -331,7 +358,7 @@ func (s *Store) QueryEvents(ctx context.Context, q store.EventQuery) (store.Even
 		merge = len(parts) <= maxGlobMerge
 	}
 	if merge {
-		// Each user key's rows come in order from events_user_time; merge
+		// Each user key's rows come in order from user_time; merge
 		// them. An event has one user key, so the lists are disjoint.
 		for i := range parts {
 			part, err := s.page(ctx, q.Filter, &parts[i], after, q.OldestFirst, limit+1)
@@ -520,6 +547,11 @@ func (s *Store) CountEvents(ctx context.Context, f *quiltv1.EventFilter) (int64,
 	if err := storeutil.CheckFilter(f); err != nil {
 		return 0, err
 	}
+	if needsIndex(f) {
+		if err := s.syncIndexed(ctx); err != nil {
+			return 0, err
+		}
+	}
 	from, conds, args, _, _ := s.where(f, nil)
 	var n int64
 	if err := s.rdb.QueryRowContext(ctx, "SELECT count(*) FROM "+from+whereSQL(conds), args...).Scan(&n); err != nil {
@@ -533,11 +565,14 @@ const maxLastSeenNames = 10000
 
 // LastSeen implements store.Store: user_names gives the matching user keys
 // and their matching names; each key's newest event and newest message
-// are a backwards walk of events_user_time that stops at the first row
+// are a backwards walk of user_time that stops at the first row
 // carrying one of the names (and, for the message, of a message kind).
 func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1.LastSeenRow, error) {
 	if q.User == "" {
 		return nil, fmt.Errorf("sqlitestore: lastseen: empty user pattern")
+	}
+	if err := s.syncIndexed(ctx); err != nil {
+		return nil, fmt.Errorf("sqlitestore: lastseen: %w", err)
 	}
 	parts, err := s.userParts(ctx, q.User, maxLastSeenNames)
 	if err != nil {
@@ -570,10 +605,10 @@ func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1
 		}
 		var h hit
 		var data []byte
-		// INDEXED BY: with a source filter the planner could prefer
-		// events_source_time, which walks every user's events.
-		err := s.rdb.QueryRowContext(ctx, "SELECT e.time_ns, e.id, e.data FROM events e INDEXED BY events_user_time WHERE e.ukey = ? AND "+nc+cond+
-			" ORDER BY e.time_ns DESC, e.id DESC LIMIT 1", args...).Scan(&h.key.TimeNS, &h.key.Seq, &data)
+		// CROSS JOIN: walk the user's entries newest first, whatever
+		// the planner thinks of a source filter.
+		err := s.rdb.QueryRowContext(ctx, "SELECT u.time_ns, u.id, e.data FROM ix.user_time u CROSS JOIN events e ON e.id = u.id WHERE u.ukey = ? AND "+nc+cond+
+			" ORDER BY u.time_ns DESC, u.id DESC LIMIT 1", args...).Scan(&h.key.TimeNS, &h.key.Seq, &data)
 		if err == sql.ErrNoRows {
 			return hit{}, nil
 		}
@@ -656,12 +691,10 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 				break
 			}
 		}
-		err := s.write(ctx, func(c *wconn) error {
-			_, err := c.exec("DELETE FROM user_names WHERE NOT EXISTS (SELECT 1 FROM events e INDEXED BY events_user_time WHERE e.ukey = user_names.ukey AND instr(e.names, ? || user_names.name || ?) > 0)", nameSep, nameSep)
-			s.w.names = make(map[[2]string]struct{})
-			return err
-		})
-		if err != nil {
+		if err := s.cleanIndex(ctx, before); err != nil {
+			return res, fmt.Errorf("sqlitestore: clean up index %s: %w", s.ix.path, err)
+		}
+		if err := s.cleanUserNames(ctx); err != nil {
 			return res, fmt.Errorf("sqlitestore: clean up user names: %w", err)
 		}
 	}
@@ -686,30 +719,70 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 }
 
 func (s *Store) deleteEventsTx(c *wconn, before int64) (int, error) {
-	type victim struct {
-		id   int64
-		text string
-	}
-	var vs []victim
-	err := c.query("SELECT id, text FROM events WHERE time_ns < ? ORDER BY time_ns LIMIT ?", []any{before, int64(cleanupChunk)}, func(d []driver.Value) error {
-		vs = append(vs, victim{id: d[0].(int64), text: asString(d[1])})
+	var ids []int64
+	err := c.query("SELECT id FROM events WHERE time_ns < ? ORDER BY time_ns LIMIT ?", []any{before, int64(cleanupChunk)}, func(d []driver.Value) error {
+		ids = append(ids, d[0].(int64))
 		return nil
 	})
-	if err != nil {
+	if err != nil || len(ids) == 0 {
 		return 0, err
 	}
-	for _, v := range vs {
-		if s.hasFTS && v.text != "" {
-			// External-content FTS5 needs the old text to remove its tokens.
-			if _, err := c.exec("INSERT INTO events_fts(events_fts, rowid, text) VALUES('delete', ?, ?)", v.id, v.text); err != nil {
-				return 0, err
-			}
-		}
-		if _, err := c.exec("DELETE FROM events WHERE id = ?", v.id); err != nil {
+	// Never reuse a removed id: the index file may still hold it.
+	if _, err := c.exec("INSERT INTO meta(key, value) SELECT 'id_floor', CAST(max(id) AS TEXT) FROM events WHERE true ON CONFLICT(key) DO UPDATE SET value = CAST(max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)"); err != nil {
+		return 0, err
+	}
+	for _, id := range ids {
+		if _, err := c.exec("DELETE FROM events WHERE id = ?", id); err != nil {
 			return 0, err
 		}
 	}
-	return len(vs), nil
+	return len(ids), nil
+}
+
+// cleanUserNames drops the (name, user key) pairs no event carries any
+// more. The pairs are found through the index (a reader, beside the
+// writer); each is then deleted by the writer only if no event the index
+// did not yet hold carries it.
+func (s *Store) cleanUserNames(ctx context.Context) error {
+	if err := s.syncIndexed(ctx); err != nil {
+		return err
+	}
+	upto := s.indexed.Load()
+	rows, err := s.rdb.QueryContext(ctx, "SELECT name, ukey FROM user_names un WHERE NOT EXISTS (SELECT 1 FROM ix.user_time u CROSS JOIN events e ON e.id = u.id WHERE u.ukey = un.ukey AND instr(e.names, ? || un.name || ?) > 0)", nameSep, nameSep)
+	if err != nil {
+		return err
+	}
+	var gone [][2]string
+	for rows.Next() {
+		var n, k string
+		if err := rows.Scan(&n, &k); err != nil {
+			rows.Close()
+			return err
+		}
+		gone = append(gone, [2]string{n, k})
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for len(gone) > 0 {
+		chunk := gone[:min(len(gone), cleanupChunk)]
+		gone = gone[len(chunk):]
+		err := s.write(ctx, func(c *wconn) error {
+			for _, p := range chunk {
+				if _, err := c.exec("DELETE FROM user_names WHERE name = ? AND ukey = ? AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id > ? AND e.ukey = ? AND instr(e.names, ?) > 0)",
+					p[0], p[1], upto, p[1], nameSep+p[0]+nameSep); err != nil {
+					return err
+				}
+			}
+			s.w.names = make(map[[2]string]struct{})
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // asString reads a TEXT column the driver may return as string or []byte.

@@ -55,8 +55,42 @@ func (s *Store) migrate() error {
 		if err := s.migrate1to2(hasEventUsers); err != nil {
 			return fmt.Errorf("sqlitestore: migrate %s from schema version 1 to 2 (or re-create the data dir): %w", s.path, err)
 		}
+		version = 2
+	}
+	if version == 2 {
+		s.log.Warn("migrating the event store to schema version 3: the channel, user and text indexes move to " + IndexFileName + ", rebuilt in the background")
+		if err := s.migrate2to3(); err != nil {
+			return fmt.Errorf("sqlitestore: migrate %s from schema version 2 to 3 (or re-create the data dir): %w", s.path, err)
+		}
 	}
 	return nil
+}
+
+// migrate2to3 drops what the index file now holds.
+func (s *Store) migrate2to3() (err error) {
+	c := s.wc
+	if err := c.execOnce("BEGIN IMMEDIATE"); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = c.execOnce("ROLLBACK")
+		}
+	}()
+	for _, q := range []string{
+		"DROP INDEX IF EXISTS events_channel_time",
+		"DROP INDEX IF EXISTS events_user_time",
+		"DROP TABLE IF EXISTS events_fts",
+		"DELETE FROM meta WHERE key = 'fts_stale'",
+	} {
+		if err := c.execOnce(q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	if _, err := c.exec("UPDATE meta SET value = ? WHERE key = 'schema_version'", strconv.Itoa(schemaVersion)); err != nil {
+		return err
+	}
+	return c.execOnce("COMMIT")
 }
 
 func (s *Store) migrate1to2(hasEventUsers bool) (err error) {

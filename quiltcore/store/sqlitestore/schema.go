@@ -9,16 +9,21 @@ package sqlitestore
 //     already sorted that way.
 //   - "user by any of the four names" is: user_names maps each lowercased
 //     name to the user keys (group, else transient) it was seen with, then
-//     one range of events_user_time per user key, keeping the events whose
+//     one range of user_time (in the index file, index.go) per user key,
+//     keeping the events whose
 //     names column (the event's distinct lowercased names, each between
 //     nameSep) holds the name. Schema version 1 had an event_users table
 //     with one row per name per event: ~3 index entries per event at ~600
 //     scattered insertion points per batch of 1000, most of a commit's
-//     dirty pages. events_user_time is one entry per event at one
+//     dirty pages. user_time is one entry per event at one
 //     insertion point per user, and user_names takes a write only for a
 //     (name, user key) pair not seen before.
 //   - LastSeen enumerates users from user_names (small) instead of walking
 //     all of a heavy user's events.
+//   - The channel and user indexes and the full-text index are in the
+//     index file, built beside the writer by the indexer (index.go);
+//     events_time and events_source_time stay here: their insertion point
+//     is the end of the tree, which costs a bare insert next to nothing.
 //   - processed is separate from events so the two retentions differ
 //     (seed 002): ids outlive the events they de-duplicate.
 var schema = []string{
@@ -40,9 +45,7 @@ var schema = []string{
 		names TEXT NOT NULL DEFAULT ''
 	)`,
 	`CREATE INDEX IF NOT EXISTS events_time ON events(time_ns)`,
-	`CREATE INDEX IF NOT EXISTS events_channel_time ON events(channel, time_ns)`,
 	`CREATE INDEX IF NOT EXISTS events_source_time ON events(source, time_ns)`,
-	`CREATE INDEX IF NOT EXISTS events_user_time ON events(ukey, time_ns)`,
 	`CREATE TABLE IF NOT EXISTS user_names(
 		name TEXT NOT NULL,
 		ukey TEXT NOT NULL,
@@ -97,11 +100,6 @@ var schema = []string{
 }
 
 // schemaVersion is stored in meta(schema_version); migrate brings an older
-// file up to it.
-const schemaVersion = 2
-
-// ftsSchema is applied only when the driver was built with FTS5. The
-// trigram tokenizer makes MATCH a case-insensitive substring search, the
-// same "contains" the MongoDB store answers with a quoted $regex.
-const ftsSchema = `CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(
-	text, content='events', content_rowid='id', tokenize='trigram')`
+// file up to it. Version 3 moved the channel, user and full-text indexes
+// to the index file.
+const schemaVersion = 3

@@ -25,6 +25,7 @@
 package sqlitestore
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -33,6 +34,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,6 +74,21 @@ type Store struct {
 
 	// Owned by the writer goroutine.
 	w writerState
+
+	// The index file (index.go): indexed is its indexed_upto, committed
+	// the newest event id this process's writer committed; ixCond (on
+	// ixCondMu) is broadcast when indexed grows; ixMu serialises the
+	// index file's transactions.
+	ix         *indexer
+	ixMu       sync.Mutex
+	ixDone     chan struct{}
+	indexed    atomic.Int64
+	committed  atomic.Int64
+	ixCondMu   sync.Mutex
+	ixCond     *sync.Cond
+	ixErr      error
+	ixCommits  atomic.Int64
+	closedFlag atomic.Bool
 
 	// commits counts the writer's commits and lastCommit is the time of
 	// the newest (unix ns), so the checkpointer knows when the writer is
@@ -163,7 +180,13 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{path: path, log: lg.With("store", "sqlite", "path", path),
 		wc: &wconn{c: dc.(*sqlite3.SQLiteConn), stmts: map[string]*sqlite3.SQLiteStmt{}}}
-	if err := s.init(); err != nil {
+	s.ixCond = sync.NewCond(&s.ixCondMu)
+	storeID, err := s.init()
+	if err != nil {
+		s.wc.close()
+		return nil, err
+	}
+	if err := s.openIndex(syncMode, storeID); err != nil {
 		s.wc.close()
 		return nil, err
 	}
@@ -171,22 +194,20 @@ func Open(dir string, opts Options) (*Store, error) {
 	if readers <= 0 {
 		readers = 4
 	}
-	rdb, err := sql.Open(driverName, "file:"+path+"?_journal_mode=WAL&_busy_timeout=10000&_query_only=1&_cache_size=-65536")
-	if err != nil {
-		s.wc.close()
-		return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, err)
-	}
+	rdb := sql.OpenDB(&readConnector{dsn: "file:" + path + "?_journal_mode=WAL&_busy_timeout=10000&_query_only=1&_cache_size=-65536", index: s.ix.path})
 	rdb.SetMaxOpenConns(readers)
 	rdb.SetMaxIdleConns(readers)
 	s.rdb = rdb
 	if err := rdb.Ping(); err != nil {
 		s.wc.close()
+		s.ix.c.close()
 		rdb.Close()
 		return nil, fmt.Errorf("sqlitestore: open %s for reading: %w", path, err)
 	}
 	ckpt, err := drv.Open(writerDSN(path, syncMode))
 	if err != nil {
 		s.wc.close()
+		s.ix.c.close()
 		rdb.Close()
 		return nil, fmt.Errorf("sqlitestore: open %s for checkpoints: %w", path, err)
 	}
@@ -194,7 +215,10 @@ func Open(dir string, opts Options) (*Store, error) {
 	s.quit = make(chan struct{})
 	s.done = make(chan struct{})
 	s.ckptDone = make(chan struct{})
+	s.ixDone = make(chan struct{})
+	s.committed.Store(s.w.nextID - 1)
 	go s.writer()
+	go s.runIndexer()
 	go s.checkpointer(&wconn{c: ckpt.(*sqlite3.SQLiteConn), stmts: map[string]*sqlite3.SQLiteStmt{}})
 	return s, nil
 }
@@ -254,74 +278,60 @@ func (s *Store) checkpointer(c *wconn) {
 	}
 }
 
-func (s *Store) init() error {
+func (s *Store) init() (storeID string, err error) {
 	c := s.wc
 	var mode string
-	err := c.query("PRAGMA journal_mode", nil, func(d []driver.Value) error {
+	err = c.query("PRAGMA journal_mode", nil, func(d []driver.Value) error {
 		mode = asString(d[0])
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
+		return "", fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
 	}
 	if !strings.EqualFold(mode, "wal") {
-		return fmt.Errorf("sqlitestore: open %s: journal_mode is %q, want wal (is the file on a filesystem without shared memory?)", s.path, mode)
+		return "", fmt.Errorf("sqlitestore: open %s: journal_mode is %q, want wal (is the file on a filesystem without shared memory?)", s.path, mode)
 	}
 	if err := c.execOnce(fmt.Sprintf("PRAGMA wal_autocheckpoint = %d; PRAGMA journal_size_limit = %d", walAutoCheckpoint, walSizeLimit)); err != nil {
-		return fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
+		return "", fmt.Errorf("sqlitestore: open %s: %w", s.path, err)
 	}
 	if err := s.migrate(); err != nil {
-		return err
+		return "", err
 	}
 	for _, q := range schema {
 		if err := c.execOnce(q); err != nil {
-			return fmt.Errorf("sqlitestore: create schema in %s: %w", s.path, err)
+			return "", fmt.Errorf("sqlitestore: create schema in %s: %w", s.path, err)
 		}
 	}
-	if err := c.execOnce(fmt.Sprintf("INSERT INTO meta(key, value) VALUES('schema_version', '%d') ON CONFLICT(key) DO NOTHING", schemaVersion)); err != nil {
-		return fmt.Errorf("sqlitestore: create schema in %s: %w", s.path, err)
+	if _, err := c.exec("INSERT INTO meta(key, value) VALUES('schema_version', ?), ('store_id', ?) ON CONFLICT(key) DO NOTHING", strconv.Itoa(schemaVersion), newStoreID()); err != nil {
+		return "", fmt.Errorf("sqlitestore: create schema in %s: %w", s.path, err)
+	}
+	if err := c.query("SELECT value FROM meta WHERE key = 'store_id'", nil, func(d []driver.Value) error {
+		storeID = asString(d[0])
+		return nil
+	}); err != nil {
+		return "", fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 	}
 	// Probe for FTS5 in a temporary table: go-sqlite3 compiles it in only
 	// with the sqlite_fts5 build tag.
 	if err := c.execOnce("CREATE VIRTUAL TABLE temp.fts_probe USING fts5(x)"); err != nil {
 		s.log.Warn("sqlite built without FTS5 (build with -tags sqlite_fts5): text search will scan events", "err", err)
-		if err := c.execOnce("INSERT INTO meta(key, value) VALUES('fts_stale', '1') ON CONFLICT(key) DO UPDATE SET value = '1'"); err != nil {
-			return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
-		}
 	} else {
 		if err := c.execOnce("DROP TABLE temp.fts_probe"); err != nil {
-			return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
-		}
-		if err := c.execOnce(ftsSchema); err != nil {
-			return fmt.Errorf("sqlitestore: create full-text index in %s: %w", s.path, err)
+			return "", fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 		}
 		s.hasFTS = true
-		// Events stored by a build without FTS5 are missing from the index.
-		stale := ""
-		err := c.query("SELECT value FROM meta WHERE key = 'fts_stale'", nil, func(d []driver.Value) error {
-			stale = asString(d[0])
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
-		}
-		if stale == "1" {
-			s.log.Warn("rebuilding the full-text index: events were stored by a build without FTS5")
-			if err := c.execOnce("INSERT INTO events_fts(events_fts) VALUES('rebuild')"); err != nil {
-				return fmt.Errorf("sqlitestore: rebuild full-text index in %s: %w", s.path, err)
-			}
-			if err := c.execOnce("DELETE FROM meta WHERE key = 'fts_stale'"); err != nil {
-				return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
-			}
-		}
 	}
 	last, err := c.queryInt64("SELECT max(id) FROM events")
 	if err != nil {
-		return fmt.Errorf("sqlitestore: read last event id in %s: %w", s.path, err)
+		return "", fmt.Errorf("sqlitestore: read last event id in %s: %w", s.path, err)
 	}
-	s.w.nextID = last + 1
+	floor, err := idFloor(c, "")
+	if err != nil {
+		return "", fmt.Errorf("sqlitestore: read id floor in %s: %w", s.path, err)
+	}
+	s.w.nextID = max(last, floor) + 1
 	s.w.names = make(map[[2]string]struct{})
-	return nil
+	return storeID, nil
 }
 
 // HasFTS reports whether text search uses the FTS5 index.
@@ -343,9 +353,14 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.closeMu.Unlock()
+	s.closedFlag.Store(true)
 	close(s.quit)
 	<-s.done
 	<-s.ckptDone
+	<-s.ixDone
+	s.ixCond.L.Lock()
+	s.ixCond.Broadcast()
+	s.ixCond.L.Unlock()
 	// Keep the planner's statistics current for the next start.
 	_ = s.wc.execOnce("PRAGMA optimize")
 	err1 := s.rdb.Close()
@@ -358,3 +373,24 @@ func (s *Store) Close() error {
 
 // ErrClosed: the store was closed.
 var ErrClosed = errors.New("sqlitestore: store is closed")
+
+// readConnector opens the read pool's connections with the index file
+// attached as "ix", so one query can walk an index there and read the
+// events here.
+type readConnector struct {
+	dsn, index string
+}
+
+func (r *readConnector) Connect(context.Context) (driver.Conn, error) {
+	c, err := drv.Open(r.dsn)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.(*sqlite3.SQLiteConn).Exec("ATTACH DATABASE ? AS ix", []driver.Value{r.index}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("attach index %s: %w", r.index, err)
+	}
+	return c, nil
+}
+
+func (r *readConnector) Driver() driver.Driver { return drv }

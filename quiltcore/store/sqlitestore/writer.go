@@ -151,6 +151,8 @@ func (w *wconn) close() error {
 // writerState is owned by the writer goroutine (and init, before it starts).
 type writerState struct {
 	nextID int64
+	// lastMark is the newest processed_at an insert used (insertTx).
+	lastMark int64
 	// names caches (name, ukey) pairs known to be in user_names, so the
 	// common case (the same users again) costs no write.
 	names map[[2]string]struct{}
@@ -185,7 +187,11 @@ func (w *writerState) sync(c *wconn) error {
 		// Names another process's cleanup removed must be inserted again.
 		w.names = make(map[[2]string]struct{})
 	}
-	w.nextID = max(w.nextID, last+1)
+	floor, err := idFloor(c, "")
+	if err != nil {
+		return fmt.Errorf("sqlitestore: read id floor: %w", err)
+	}
+	w.nextID = max(w.nextID, last+1, floor+1)
 	w.dataVersion, w.synced = v, true
 	return nil
 }
@@ -251,15 +257,28 @@ func (m *multiRow) chunks(args []driver.Value, fn func(q string, vals []driver.V
 
 // exec inserts rows with multi-row statements.
 func (m *multiRow) exec(c *wconn, args []driver.Value) error {
-	return m.chunks(args, func(q string, vals []driver.Value) error {
+	_, err := m.execCount(c, args)
+	return err
+}
+
+// execCount is exec that returns how many rows the statements changed.
+func (m *multiRow) execCount(c *wconn, args []driver.Value) (int64, error) {
+	var n int64
+	err := m.chunks(args, func(q string, vals []driver.Value) error {
 		st, err := c.prep(q)
 		if err != nil {
 			return err
 		}
 		//lint:ignore SA1019 as in wconn.exec.
-		_, err = st.Exec(vals)
+		r, err := st.Exec(vals)
+		if err != nil {
+			return err
+		}
+		k, err := r.RowsAffected()
+		n += k
 		return err
 	})
+	return n, err
 }
 
 // write queues fn for the writer and waits for its commit. When it returns
@@ -400,6 +419,10 @@ func (s *Store) commit(group []*writeReq) {
 	} else if _, err := c.exec("COMMIT"); err == nil {
 		s.lastCommit.Store(time.Now().UnixNano())
 		s.commits.Add(1)
+		if s.w.nextID-1 > s.committed.Load() {
+			s.committed.Store(s.w.nextID - 1)
+			s.kickIndexer()
+		}
 	} else {
 		rollback()
 		s.w.nextID = saved

@@ -49,7 +49,8 @@ const indexChunk = 20000
 
 // ixSchema is the index file's schema. Each table is its own B-tree
 // ordered like the index it replaces; every event is in user_time (ukey
-// ” for events without a user) so it also lists the ids cleanup removes.
+// empty for events without a user) so it also lists the ids cleanup
+// removes.
 var ixSchema = []string{
 	`CREATE TABLE IF NOT EXISTS ix_meta(
 		key TEXT PRIMARY KEY,

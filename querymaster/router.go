@@ -26,10 +26,13 @@ type Router struct {
 	mu sync.Mutex
 	// sessions by source name; at most one stream per name.
 	sessions map[string]*session
+	// seen: every name attached since this master started, so a live
+	// query reports one that detached since without asking the store.
+	seen map[string]bool
 }
 
 func newRouter(m *Master) *Router {
-	return &Router{m: m, sessions: map[string]*session{}}
+	return &Router{m: m, sessions: map[string]*session{}, seen: map[string]bool{}}
 }
 
 // attach claims s.name. A stream from the same process (same Hello
@@ -41,6 +44,7 @@ func (r *Router) attach(s *session) error {
 		old := r.sessions[s.name]
 		if old == nil {
 			r.sessions[s.name] = s
+			r.seen[s.name] = true
 			r.mu.Unlock()
 			return nil
 		}
@@ -93,6 +97,19 @@ func (r *Router) Attached() []string {
 	defer r.mu.Unlock()
 	names := make([]string, 0, len(r.sessions))
 	for n := range r.sessions {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Seen lists every source name attached to this master since it started
+// (attached now or not), sorted.
+func (r *Router) Seen() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	names := make([]string, 0, len(r.seen))
+	for n := range r.seen {
 		names = append(names, n)
 	}
 	sort.Strings(names)

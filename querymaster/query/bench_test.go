@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"testing"
@@ -23,7 +24,10 @@ import (
 // events (default 1,000,000), and live presence across 5 attached source
 // managers. It runs only with QUILT_BENCH_QUERIES=1 (make bench-queries);
 // the store is built once and cached in QUILT_BENCH_DIR (default a temp
-// dir) so reruns start at once.
+// dir) so reruns start at once. QUILT_BENCH_CASES, a regexp, runs only the
+// cases whose name matches (e.g. "presence", for profiling one path), and
+// QUILT_BENCH_ITERS changes the 300 timed queries per case (more give a
+// steadier p99).
 func TestQueryLatency(t *testing.T) {
 	if os.Getenv("QUILT_BENCH_QUERIES") == "" {
 		t.Skip("set QUILT_BENCH_QUERIES=1 (make bench-queries) to run the query benchmarks")
@@ -101,8 +105,17 @@ func TestQueryLatency(t *testing.T) {
 			return &quiltv1.QueryRequest{Kind: "presence", Filter: &quiltv1.EventFilter{User: fmt.Sprintf("user%d", 1+rng.IntN(200))}}
 		}},
 	}
+	only := regexp.MustCompile(os.Getenv("QUILT_BENCH_CASES"))
+	iters := 300
+	if v := os.Getenv("QUILT_BENCH_ITERS"); v != "" {
+		if iters, err = strconv.Atoi(v); err != nil || iters < 100 {
+			t.Fatalf("QUILT_BENCH_ITERS=%q: want a number >= 100", v)
+		}
+	}
 	for _, tc := range cases {
-		const iters = 300
+		if !only.MatchString(tc.name) {
+			continue
+		}
 		var ds []time.Duration
 		rows := int64(0)
 		for i := 0; i < iters+10; i++ {
@@ -119,6 +132,6 @@ func TestQueryLatency(t *testing.T) {
 		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 		p50, p99 := ds[len(ds)/2], ds[len(ds)*99/100]
 		fmt.Printf("bench-queries: %-32s events=%d p50=%s p99=%s avg_rows=%.1f\n", tc.name, n,
-			p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), float64(rows)/iters)
+			p50.Round(10*time.Microsecond), p99.Round(10*time.Microsecond), float64(rows)/float64(iters))
 	}
 }

@@ -82,6 +82,9 @@ type Server struct {
 	opts Options
 	log  *slog.Logger
 
+	rec  recorder
+	srcs sourceCache
+
 	mu       sync.Mutex
 	patterns map[string]*Pattern
 	patErr   error
@@ -99,7 +102,9 @@ func New(o Options) (*Server, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Server{Master: o.Master, opts: o, log: o.Logger.With("component", "query")}, nil
+	s := &Server{Master: o.Master, opts: o, log: o.Logger.With("component", "query")}
+	s.rec.s = s
+	return s, nil
 }
 
 // Register mounts QueryMaster (this Server), SourceLink (the core Master)
@@ -157,6 +162,9 @@ func (s *Server) ListQueries(ctx context.Context, req *quiltv1.ListQueriesReques
 	if err := s.leader(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.rec.flush(ctx); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
 	limit := int(req.GetLimit())
 	if limit <= 0 {
 		limit = DefaultHistoryLimit
@@ -175,6 +183,9 @@ func (s *Server) GetQuery(ctx context.Context, req *quiltv1.GetQueryRequest) (*q
 	}
 	if req.GetId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "id is empty; list recent ids with `quiltctl history`")
+	}
+	if err := s.rec.flush(ctx); err != nil {
+		return nil, status.FromContextError(err).Err()
 	}
 	r, err := s.opts.Store.GetQuery(ctx, req.GetId())
 	if errors.Is(err, store.ErrNotFound) {
@@ -249,11 +260,11 @@ func check(req *quiltv1.QueryRequest) error {
 
 // run is one query in progress: it counts rows and keeps the record.
 type run struct {
-	running chan struct{} // closed when the running record is written
-	s       *Server
-	stream  quiltv1.QueryMaster_QueryServer
-	rec     *quiltv1.QueryRecord
-	start   time.Time
+	s      *Server
+	stream quiltv1.QueryMaster_QueryServer
+	rec    *quiltv1.QueryRecord
+	hist   *entry
+	start  time.Time
 }
 
 func (r *run) send(res *quiltv1.QueryResult) error {
@@ -271,23 +282,6 @@ func (r *run) send(res *quiltv1.QueryResult) error {
 func (r *run) problem(p *quiltv1.SourceProblem) error {
 	r.rec.Problems = append(r.rec.Problems, p)
 	return r.send(&quiltv1.QueryResult{Result: &quiltv1.QueryResult_Problem{Problem: p}})
-}
-
-// record stores the record; history is best effort, a query still
-// answers when the store cannot record it.
-func (r *run) record() {
-	if r.running != nil {
-		<-r.running
-	}
-	r.put(proto.Clone(r.rec).(*quiltv1.QueryRecord))
-}
-
-func (r *run) put(rec *quiltv1.QueryRecord) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := r.s.opts.Store.PutQuery(ctx, rec); err != nil {
-		r.s.log.Warn("recording query history", "query_id", r.rec.Id, "err", err)
-	}
 }
 
 // Query runs a query and streams its answer: a header, rows, problems,
@@ -317,19 +311,14 @@ func (s *Server) Query(req *quiltv1.QueryRequest, stream quiltv1.QueryMaster_Que
 	if err != nil {
 		// Refused queries are recorded too: history shows what people
 		// tried and why it failed.
+		r.hist = s.rec.begin(rec.Id, nil)
 		r.finish(err)
 		return err
 	}
 	rec.Kind = resolved.Kind
-	// The running record is written beside the query, not before it, so
-	// history costs the answer no store round trip; finish waits for it so
-	// the final record always lands last.
-	snapshot := proto.Clone(rec).(*quiltv1.QueryRecord)
-	r.running = make(chan struct{})
-	go func() {
-		defer close(r.running)
-		r.put(snapshot)
-	}()
+	// History is written beside the query, never before or after it on
+	// the answer path (see recorder).
+	r.hist = s.rec.begin(rec.Id, cloneRecord(rec))
 	err = s.execute(ctx, r, resolved)
 	r.finish(err)
 	return err
@@ -347,7 +336,7 @@ func (r *run) finish(err error) {
 		r.rec.State = quiltv1.QueryState_QUERY_STATE_FAILED
 		r.rec.Error = status.Convert(err).Message()
 	}
-	r.record()
+	r.hist.end(cloneRecord(r.rec))
 	r.s.log.Debug("query", "query_id", r.rec.Id, "kind", r.rec.Kind, "pattern", r.rec.Pattern,
 		"rows", r.rec.Rows, "problems", len(r.rec.Problems), "duration", r.rec.Duration.AsDuration(), "err", err)
 }
@@ -436,8 +425,9 @@ func storeErr(what string, err error) error {
 }
 
 // liveSources is who a live query asks: the named sources (each must be
-// known), else every attached source plus every source the store knows, so
-// a detached one shows up as a problem instead of silently missing.
+// known), else every source attached to this master since it started plus
+// every source the store knows, so a detached one shows up as a problem
+// instead of silently missing.
 func (s *Server) liveSources(ctx context.Context, named []string) ([]string, error) {
 	if len(named) > 0 {
 		for _, n := range named {
@@ -452,17 +442,68 @@ func (s *Server) liveSources(ctx context.Context, named []string) ([]string, err
 		return named, nil
 	}
 	set := map[string]bool{}
-	for _, n := range s.Master.Router().Attached() {
+	for _, n := range s.Master.Router().Seen() {
 		set[n] = true
 	}
-	recs, err := s.opts.Store.Sources(ctx)
-	if err != nil {
-		s.log.Warn("store: listing sources for a live query; asking attached sources only", "err", err)
-	}
-	for _, r := range recs {
-		set[r.Name] = true
+	for _, n := range s.srcs.names(ctx, s) {
+		set[n] = true
 	}
 	return sortedKeys(set), nil
+}
+
+// sourcesFresh is how long the store's source list serves live queries
+// before it is read again (in the background; queries keep using the
+// previous list meanwhile). The store only learns a source when one
+// attaches to a master, and the router's Seen covers every source that
+// attached to this one, so the list only lags for sources attached to
+// another master, or removed.
+const sourcesFresh = 2 * time.Second
+
+// sourceCache keeps the store's source names off the live query path: a
+// store read per query cost a reader connection and a cgo round trip.
+type sourceCache struct {
+	mu      sync.Mutex
+	list    []string
+	at      time.Time
+	loading bool
+}
+
+func (c *sourceCache) names(ctx context.Context, s *Server) []string {
+	c.mu.Lock()
+	list, at, loading := c.list, c.at, c.loading
+	stale := at.IsZero() || time.Since(at) >= sourcesFresh
+	if stale && !at.IsZero() && !loading {
+		c.loading = true
+		go func() {
+			// Not the query's ctx: the refresh outlives the query.
+			rctx, cancel := context.WithTimeout(context.Background(), historyPutTimeout)
+			defer cancel()
+			c.load(rctx, s)
+		}()
+	}
+	c.mu.Unlock()
+	if !at.IsZero() {
+		return list
+	}
+	// First use: nothing to serve yet, so read now.
+	return c.load(ctx, s)
+}
+
+func (c *sourceCache) load(ctx context.Context, s *Server) []string {
+	recs, err := s.opts.Store.Sources(ctx)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.loading = false
+	if err != nil {
+		s.log.Warn("store: listing sources for live queries; asking sources seen attached only", "err", err)
+		return c.list
+	}
+	list := make([]string, 0, len(recs))
+	for _, r := range recs {
+		list = append(list, r.Name)
+	}
+	c.list, c.at = list, time.Now()
+	return list
 }
 
 // live fans the query out and streams rows as sources answer; rows of one

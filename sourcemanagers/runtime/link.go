@@ -28,7 +28,18 @@ import (
 // Every event published goes into a bounded buffer of batches and stays
 // there until the query master acknowledges it (after storing it). When the
 // buffer holds BufferEvents events, publish blocks: the sessions stop
-// reading from their networks instead of dropping anything. Batches get
+// reading from their networks instead of dropping anything.
+//
+// Batching is Nagle-like: when everything this stream sent is acknowledged,
+// an event goes up at once, alone; while a batch is unacknowledged, events
+// pile up in the open batch, which goes when the ack comes, when it holds
+// BatchSize events, or when its first event is BatchDelay old, whichever is
+// first. So a quiet link adds no delay, and a busy one sends batches as
+// large as the query master's store round trip lets them grow. At most
+// MaxInFlight batches are sent and unacknowledged: the rest wait here, not
+// in the query master's batch queue, whose reader would otherwise stop
+// reading and leave the action results and live replies sent after them
+// waiting for the store. Batches get
 // sequence numbers when sealed; a replay after re-attaching sends the same
 // batches with the same numbers, so the query master (and its store's
 // processed-id index) can drop what it already has.
@@ -235,7 +246,8 @@ func validUTF8(m protoreflect.Message) {
 	})
 }
 
-// ack drops every batch up to seq.
+// ack drops every batch up to seq, and wakes the sender when events wait
+// for it.
 func (l *link) ack(seq uint64) {
 	l.mu.Lock()
 	freed := 0
@@ -256,23 +268,40 @@ func (l *link) ack(seq uint64) {
 		close(l.space)
 		l.space = make(chan struct{})
 	}
+	waiting := l.open != nil || len(l.batches) > 0
 	l.mu.Unlock()
+	if waiting {
+		l.wake()
+	}
 }
 
-// next returns the encoded batch after seq sent. Else it seals the open
-// batch if its delay is up and returns it for the caller to encode, or
-// says when the open batch becomes due (zero: none, or the batch after
-// sent is still being encoded by its sealer, who wakes the sender).
+// next returns the encoded batch after seq sent, unless MaxInFlight batches
+// are unacknowledged. Else it seals the open batch if nothing sent is
+// unacknowledged or its delay is up, and returns it for the caller to
+// encode, or says when the open batch becomes due. Zero due: nothing to do
+// until a wake (an ack, a new batch, or the end of the encoding of the
+// batch after sent, whose sealer wakes the sender).
 func (l *link) next(sent uint64, now time.Time) (b *sealed, toEncode *sealed, due time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	var inFlight uint64
+	if sent > l.acked {
+		inFlight = sent - l.acked
+	}
+	full := inFlight >= uint64(l.opts.MaxInFlight)
 	if b := l.afterLocked(sent); b != nil {
-		if b.raw == nil {
+		if b.raw == nil || full {
 			return nil, nil, time.Time{}
 		}
 		return b, nil, time.Time{}
 	}
 	if l.open != nil {
+		if inFlight == 0 {
+			return nil, l.sealLocked(), time.Time{}
+		}
+		if full {
+			return nil, nil, time.Time{}
+		}
 		due := l.openAt.Add(l.opts.BatchDelay)
 		if now.Before(due) {
 			return nil, nil, due

@@ -362,10 +362,116 @@ func TestLinkBackPressureNeverDrops(t *testing.T) {
 	}
 }
 
+// setNoAck switches the fake query master's acks off or on.
+func (q *fakeQM) setNoAck(v bool) {
+	q.mu.Lock()
+	q.noAck = v
+	q.mu.Unlock()
+}
+
+func (q *fakeQM) batchCount() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.batches)
+}
+
+// An idle link sends an event at once, whatever BatchDelay; while a batch
+// is unacknowledged the next events gather in one batch that goes when the
+// ack comes, not before.
+func TestLinkNagleBatching(t *testing.T) {
+	qm := newFakeQM()
+	startLinked(t, qm, runtime.LinkOptions{BatchSize: 1000, BatchDelay: time.Hour})
+	st := qm.stream(t)
+	qm.until(t, "members", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MEMBERS) == 1 })
+	qm.setNoAck(true)
+	before := qm.batchCount()
+	if err := st.Send(raw("one", "emit 1")); err != nil {
+		t.Fatal(err)
+	}
+	// Far sooner than BatchDelay: the link was idle.
+	qm.until(t, "the lone message", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MESSAGE) == 1 })
+	qm.mu.Lock()
+	lone := qm.batches[len(qm.batches)-1]
+	if len(qm.batches) != before+1 || len(lone.Events) != 1 {
+		t.Errorf("%d batches after %d, last with %d events; want one more batch with the message alone", len(qm.batches), before, len(lone.Events))
+	}
+	qm.mu.Unlock()
+	for i := 0; i < 3; i++ {
+		if err := st.Send(raw(fmt.Sprint("more", i), "emit 5")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qm.until(t, "three action results", func() bool { return len(qm.results) == 4 })
+	time.Sleep(50 * time.Millisecond)
+	if n := qm.batchCount(); n != before+1 {
+		t.Fatalf("%d batches sent while the lone one was unacknowledged; want them held", n-before-1)
+	}
+	if err := st.Send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_Ack{Ack: &quiltv1.Ack{Seq: lone.Seq}}}); err != nil {
+		t.Fatal(err)
+	}
+	qm.until(t, "16 messages", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MESSAGE) == 16 })
+	qm.mu.Lock()
+	defer qm.mu.Unlock()
+	if len(qm.batches) != before+2 || len(qm.batches[before+1].Events) != 15 {
+		t.Fatalf("after the ack: %d batches, want the 15 messages in one", len(qm.batches)-before-1)
+	}
+}
+
+// Without acks, no more than MaxInFlight batches are sent; each ack lets
+// as many more go, and nothing is lost or sent twice.
+func TestLinkMaxInFlight(t *testing.T) {
+	qm := newFakeQM()
+	startLinked(t, qm, runtime.LinkOptions{BatchSize: 5, BatchDelay: time.Millisecond, MaxInFlight: 2})
+	st := qm.stream(t)
+	qm.until(t, "members", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MEMBERS) == 1 })
+	qm.setNoAck(true)
+	qm.mu.Lock()
+	acked := qm.batches[len(qm.batches)-1].Seq
+	base := len(qm.batches)
+	qm.mu.Unlock()
+	if err := st.Send(raw("flood", "emit 40")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		time.Sleep(20 * time.Millisecond)
+		qm.mu.Lock()
+		n := countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MESSAGE)
+		last := qm.batches[len(qm.batches)-1].Seq
+		sent := len(qm.batches) - base
+		qm.mu.Unlock()
+		if last > acked+2 {
+			t.Fatalf("batches up to %d sent with %d acknowledged; MaxInFlight is 2", last, acked)
+		}
+		if n == 40 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of 40 messages arrived in %d batches", n, sent)
+		}
+		if err := st.Send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_Ack{Ack: &quiltv1.Ack{Seq: last}}}); err != nil {
+			t.Fatal(err)
+		}
+		acked = last
+	}
+	qm.mu.Lock()
+	evs := eventsOf(t, qm.batches)
+	qm.mu.Unlock()
+	ids := map[string]bool{}
+	for _, e := range evs {
+		if ids[e.Id] {
+			t.Fatalf("event %s sent twice", e.Id)
+		}
+		ids[e.Id] = true
+	}
+}
+
 func TestLinkReplayAfterDropKeepsSeqs(t *testing.T) {
 	qm := newFakeQM()
 	qm.noAck = true
-	h := startLinked(t, qm, runtime.LinkOptions{BatchSize: 5, BatchDelay: time.Millisecond, ReconnectMin: 10 * time.Millisecond})
+	// Every batch goes out unacknowledged here, so the in-flight bound must
+	// not hold them back.
+	h := startLinked(t, qm, runtime.LinkOptions{BatchSize: 5, BatchDelay: time.Millisecond, MaxInFlight: 100, ReconnectMin: 10 * time.Millisecond})
 	st := qm.stream(t)
 	// Sessions connect once Welcome is in; an action before that fails.
 	qm.until(t, "members", func() bool { return countKind(qm.batches, quiltv1.EventKind_EVENT_KIND_MEMBERS) == 1 })

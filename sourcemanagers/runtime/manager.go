@@ -59,16 +59,27 @@ type Options struct {
 // DefaultWelcomeWait is how long sessions wait for the first Welcome.
 const DefaultWelcomeWait = 30 * time.Second
 
+// DefaultMaxInFlight is LinkOptions.MaxInFlight by default: less than the
+// query master's per-stream batch queue (16), so its reader never waits for
+// the store and action results on the same stream are not held up behind
+// events.
+const DefaultMaxInFlight = 8
+
 // LinkOptions shape the stream to the query master ([source_managers] in
 // quilt.cfg).
 type LinkOptions struct {
 	// BufferEvents bounds unacknowledged events kept for replay; when full,
 	// sessions stop reading (default 100000).
 	BufferEvents int
-	// BatchSize and BatchDelay: a batch goes up when it holds BatchSize
-	// events or its first event is BatchDelay old (defaults 512, 5ms).
+	// BatchSize and BatchDelay: an event goes up at once when nothing sent
+	// is unacknowledged; else it waits in the open batch until the ack
+	// comes, the batch holds BatchSize events or its first event is
+	// BatchDelay old (defaults 512, 5ms).
 	BatchSize  int
 	BatchDelay time.Duration
+	// MaxInFlight bounds the batches sent and not yet acknowledged (default
+	// DefaultMaxInFlight); more wait in the buffer.
+	MaxInFlight int
 	// Heartbeat is sent when nothing else was for this long (default 5s;
 	// Welcome may ask for another).
 	Heartbeat time.Duration
@@ -83,6 +94,9 @@ func (o *LinkOptions) defaults() {
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = 512
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = DefaultMaxInFlight
 	}
 	if o.BatchDelay < 0 {
 		o.BatchDelay = 0

@@ -6,6 +6,7 @@ import (
 
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -55,7 +56,8 @@ type Options struct {
 	ServiceName string // registrar service name (default quilt-qmd)
 	LeaderKey   string
 	// SubscriberBuffer bounds the events queued for one Subscribe stream;
-	// a subscriber that falls further behind is cut off.
+	// a subscriber that falls further behind gets the events it missed from
+	// the store, and one 64 times further behind is cut off.
 	SubscriberBuffer int
 	// ActTimeout bounds Act when the request gives no timeout.
 	ActTimeout time.Duration
@@ -128,6 +130,8 @@ type Master struct {
 	router  *Router
 	hub     *hub
 	health  *health.Server
+	// caughtUp counts events sent to slow subscribers from the store.
+	caughtUp atomic.Uint64
 
 	mu sync.Mutex
 	// epoch is live while this master leads; its cancellation (with the
@@ -374,3 +378,7 @@ func (m *Master) Status(ctx context.Context, _ *quiltv1.StatusRequest) (*quiltv1
 
 // Subscribers counts open Subscribe streams (tests, status).
 func (m *Master) Subscribers() int { return m.hub.count() }
+
+// CaughtUp counts the events subscribers missed live (their queue was
+// full) and were sent from the store instead.
+func (m *Master) CaughtUp() uint64 { return m.caughtUp.Load() }

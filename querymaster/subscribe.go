@@ -4,17 +4,24 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
 	"github.com/quilt/quilt/quiltcore/store"
 )
 
 // hub fans stored events out to subscribers. publish never blocks: each
-// subscriber has a bounded queue, and one that is full is cut off.
+// subscriber has a bounded queue. Events that do not fit are stored
+// already, so the subscriber only notes their ids ("missed") and its
+// stream sends them from the store once it emptied its queue (catchUp), in
+// order, then goes live again: a burst costs a slow subscriber a detour
+// through the store, not its stream. One that falls missFactor times its
+// queue behind is cut off, which bounds the memory a stuck one holds.
 type hub struct {
 	size int
 	log  *slog.Logger
@@ -26,22 +33,33 @@ func newHub(size int, log *slog.Logger) *hub {
 	return &hub{size: size, log: log, subs: map[*subscriber]struct{}{}}
 }
 
+// missFactor times the queue is how many missed events a subscriber may
+// owe before it is cut off.
+const missFactor = 64
+
 type subscriber struct {
 	match *eventMatcher
 	size  int
 	ch    chan *quiltv1.Event
 	cut   chan struct{} // closed when the hub cut the subscriber off
+	lag   chan struct{} // cap 1: pinged when the subscriber starts missing events
 	// mu guards the fields below and serialises delivery to ch, so the
 	// replay seam sees a consistent queue.
 	mu        sync.Mutex
 	replaying bool
 	pending   []*quiltv1.Event // live events held back during replay
-	behind    int              // events queued when cut off
-	dead      bool
+	// missed are the events that came after those queued (or pending) and
+	// did not fit; while it is set every new event joins it, so order is
+	// kept. missedSince is the oldest time among them.
+	missed      map[eventKey]struct{}
+	missedSince time.Time
+	behind      int // events owed when cut off
+	dead        bool
 }
 
 func (h *hub) add(m *eventMatcher, replaying bool) *subscriber {
-	s := &subscriber{match: m, size: h.size, ch: make(chan *quiltv1.Event, h.size), cut: make(chan struct{}), replaying: replaying}
+	s := &subscriber{match: m, size: h.size, ch: make(chan *quiltv1.Event, h.size), cut: make(chan struct{}),
+		lag: make(chan struct{}, 1), replaying: replaying}
 	h.mu.Lock()
 	h.subs[s] = struct{}{}
 	h.mu.Unlock()
@@ -71,32 +89,57 @@ func (h *hub) publish(events []*quiltv1.Event) {
 	}
 }
 
-// offer queues the matching events or cuts the subscriber off; it never
-// waits for the subscriber.
+// offer queues the matching events, or notes them missed; it never waits
+// for the subscriber.
 func (s *subscriber) offer(events []*quiltv1.Event) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.dead {
-		return
-	}
 	for _, e := range events {
-		if !s.match.match(e) {
-			continue
+		if s.dead {
+			return
 		}
-		if s.replaying {
-			if len(s.pending) >= s.size {
-				s.kill(len(s.pending) + 1)
-				return
-			}
+		if s.match.match(e) {
+			s.deliverLocked(e)
+		}
+	}
+}
+
+func (s *subscriber) deliverLocked(e *quiltv1.Event) {
+	switch {
+	case s.missed != nil:
+		s.missLocked(e)
+	case s.replaying:
+		if len(s.pending) < s.size {
 			s.pending = append(s.pending, e)
-			continue
+		} else {
+			s.missLocked(e)
 		}
+	default:
 		select {
 		case s.ch <- e:
 		default:
-			s.kill(len(s.ch) + 1)
-			return
+			s.missLocked(e)
 		}
+	}
+}
+
+func (s *subscriber) missLocked(e *quiltv1.Event) {
+	t := e.GetTime().AsTime()
+	if s.missed == nil {
+		s.missed = map[eventKey]struct{}{}
+		s.missedSince = t
+		select {
+		case s.lag <- struct{}{}:
+		default:
+		}
+	}
+	if len(s.missed) >= missFactor*s.size {
+		s.kill(len(s.ch) + len(s.pending) + len(s.missed) + 1)
+		return
+	}
+	s.missed[eventKey{e.Source, e.Id}] = struct{}{}
+	if t.Before(s.missedSince) {
+		s.missedSince = t
 	}
 }
 
@@ -104,11 +147,14 @@ func (s *subscriber) kill(behind int) {
 	s.dead = true
 	s.behind = behind
 	s.pending = nil
+	s.missed = nil
 	close(s.cut)
 }
 
 // endReplay releases the live events held back during replay, skipping
-// those the replay already sent, and switches to live delivery.
+// those the replay already sent, and switches to live delivery. Events
+// missed meanwhile come after the pending ones: they stay missed, minus
+// those the replay sent, for the next catchUp.
 func (s *subscriber) endReplay(sent map[eventKey]bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -116,18 +162,48 @@ func (s *subscriber) endReplay(sent map[eventKey]bool) {
 	if s.dead {
 		return
 	}
+	missed, since := s.missed, s.missedSince
+	for k := range sent {
+		delete(missed, k)
+	}
+	s.missed = nil
 	for _, e := range s.pending {
-		if sent[eventKey{e.Source, e.Id}] {
-			continue
-		}
-		select {
-		case s.ch <- e:
-		default:
-			s.kill(len(s.ch) + 1)
+		if s.dead {
 			return
+		}
+		if !sent[eventKey{e.Source, e.Id}] {
+			s.deliverLocked(e)
 		}
 	}
 	s.pending = nil
+	if len(missed) == 0 || s.dead {
+		return
+	}
+	if s.missed == nil {
+		s.missed, s.missedSince = missed, since
+		select {
+		case s.lag <- struct{}{}:
+		default:
+		}
+		return
+	}
+	for k := range missed {
+		s.missed[k] = struct{}{}
+	}
+	if since.Before(s.missedSince) {
+		s.missedSince = since
+	}
+}
+
+// takeMissed starts a catch-up: it hands over the missed events and holds
+// live ones back as during a replay.
+func (s *subscriber) takeMissed() (map[eventKey]struct{}, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	missed, since := s.missed, s.missedSince
+	s.missed = nil
+	s.replaying = true
+	return missed, since
 }
 
 type eventKey struct{ source, id string }
@@ -171,6 +247,14 @@ func (m *Master) Subscribe(req *quiltv1.SubscribeRequest, stream quiltv1.QueryMa
 			if err := stream.Send(e); err != nil {
 				return err
 			}
+		case <-sub.lag:
+			// What is queued came before what was missed.
+			if err := drain(sub, stream); err != nil {
+				return err
+			}
+			if err := m.catchUp(ctx, req, sub, stream, log); err != nil {
+				return err
+			}
 		case <-sub.cut:
 			// Deliver nothing more: a gap must be visible as an error.
 			sub.mu.Lock()
@@ -178,12 +262,74 @@ func (m *Master) Subscribe(req *quiltv1.SubscribeRequest, stream quiltv1.QueryMa
 			sub.mu.Unlock()
 			log.Warn("subscriber cut off", "behind", behind)
 			return status.Errorf(codes.ResourceExhausted,
-				"subscriber too slow: %d events behind (buffer %d, [query_master] subscriber_buffer); resubscribe with replay_since to catch up",
-				behind, sub.size)
+				"subscriber too slow: %d events behind (buffer %d, [query_master] subscriber_buffer, and %d more sent from the store); resubscribe with replay_since to catch up",
+				behind, sub.size, missFactor*sub.size)
 		case <-ctx.Done():
 			return m.leaderStatus(ctx)
 		}
 	}
+}
+
+// drain sends what sub has queued, without waiting for more.
+func drain(sub *subscriber, stream quiltv1.QueryMaster_SubscribeServer) error {
+	for {
+		select {
+		case e := <-sub.ch:
+			if err := stream.Send(e); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+}
+
+// catchUp sends the events sub missed from the store, oldest first, while
+// live ones are held back, then releases those. Only the missed ids are
+// sent, so the pages stop as soon as they are all found.
+func (m *Master) catchUp(ctx context.Context, req *quiltv1.SubscribeRequest, sub *subscriber, stream quiltv1.QueryMaster_SubscribeServer, log *slog.Logger) error {
+	want, since := sub.takeMissed()
+	n := len(want)
+	f := &quiltv1.EventFilter{}
+	if req.Filter != nil {
+		f = cloneFilter(req.Filter)
+	}
+	if f.Since == nil || f.Since.AsTime().Before(since) {
+		f.Since = timestamppb.New(since)
+	}
+	q := store.EventQuery{Filter: f, Limit: store.MaxLimit, OldestFirst: true}
+	for len(want) > 0 {
+		page, err := m.opts.Store.QueryEvents(ctx, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return m.leaderStatus(ctx)
+			}
+			return status.Errorf(codes.Unavailable, "store: catching up %d events a slow subscriber missed: %v", len(want), err)
+		}
+		for _, e := range page.Events {
+			k := eventKey{e.Source, e.Id}
+			if _, ok := want[k]; !ok {
+				continue
+			}
+			delete(want, k)
+			if err := stream.Send(e); err != nil {
+				return err
+			}
+		}
+		if page.NextPageToken == "" {
+			break
+		}
+		q.PageToken = page.NextPageToken
+	}
+	if len(want) > 0 {
+		// Acked events the store no longer has (retention) or answers
+		// differently: nothing to send them from.
+		log.Warn("events a slow subscriber missed are not in the store", "missing", len(want), "of", n)
+	}
+	m.caughtUp.Add(uint64(n - len(want)))
+	log.Debug("slow subscriber caught up from the store", "events", n-len(want))
+	sub.endReplay(nil)
+	return nil
 }
 
 func (m *Master) replay(ctx context.Context, req *quiltv1.SubscribeRequest, match *eventMatcher, stream quiltv1.QueryMaster_SubscribeServer) (map[eventKey]bool, error) {

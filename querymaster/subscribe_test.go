@@ -134,15 +134,66 @@ func TestSlowSubscriberCutOff(t *testing.T) {
 		_, err = slow.Recv()
 		n++
 	}
-	wantCode(t, err, codes.ResourceExhausted, "subscriber too slow: 9 events behind")
+	// Cut off once it owes its queue (8) and 64 times that in missed
+	// events: 8 + 512 + the one that did not fit.
+	wantCode(t, err, codes.ResourceExhausted, "subscriber too slow: 521 events behind")
 	if n > 19000 {
 		t.Fatalf("received %d events before the cut", n)
 	}
 }
 
+// A subscriber whose queue overflows gets what it missed from the store,
+// in order, on the same stream, then live events again.
+func TestSlowSubscriberCatchesUpFromStore(t *testing.T) {
+	e := newEnv(t, querymaster.Options{Store: qmtest.NewMemStore(), SubscriberBuffer: 16})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sm := e.attach("a", "s")
+	sub := e.subscribe(ctx, &quiltv1.SubscribeRequest{Filter: &quiltv1.EventFilter{Channel: "#a"}, RequestedBy: "slow"})
+	// Batches of 100 overflow the queue of 16 whatever the reader does;
+	// 1000 stays under the 64×16 missed events that would cut it off.
+	const total = 1000
+	k := 0
+	for b := 0; b < total/100; b++ {
+		batch := make([]*quiltv1.Event, 0, 110)
+		for j := 0; j < 100; j++ {
+			batch = append(batch, sm.ev("s", "#a", "u", fmt.Sprint(k)))
+			k++
+			if j%10 == 0 {
+				batch = append(batch, sm.ev("s", "#b", "u", "other channel"))
+			}
+		}
+		sm.waitAck(sm.sendBatch(batch...))
+	}
+	for i := 0; i < total; i++ {
+		ev, err := sub.Recv()
+		if err != nil {
+			t.Fatalf("after %d events: %v", i, err)
+		}
+		if ev.Text != fmt.Sprint(i) {
+			t.Fatalf("event %d is %q (%s), want %d", i, ev.Text, ev.Channel, i)
+		}
+	}
+	if n := e.m.CaughtUp(); n == 0 || n > total-16 {
+		t.Fatalf("%d events sent from the store; want some, and not those that fit the queue", n)
+	}
+	sm.waitAck(sm.sendBatch(sm.ev("s", "#a", "u", "live")))
+	if ev, err := sub.Recv(); err != nil || ev.Text != "live" {
+		t.Fatalf("after the catch-up: %v, %v; want the live event", ev.GetText(), err)
+	}
+}
+
 func TestSubscribeReplaySeam(t *testing.T) {
+	for _, size := range []int{100000, 64} {
+		t.Run(fmt.Sprint("buffer", size), func(t *testing.T) { testReplaySeam(t, size) })
+	}
+}
+
+// testReplaySeam: with a small buffer the events held back during the
+// replay overflow, and the seam goes through a catch-up as well.
+func testReplaySeam(t *testing.T, buffer int) {
 	st := qmtest.NewMemStore()
-	e := newEnv(t, querymaster.Options{Store: st, SubscriberBuffer: 100000})
+	e := newEnv(t, querymaster.Options{Store: st, SubscriberBuffer: buffer})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sm := e.attach("a", "s")

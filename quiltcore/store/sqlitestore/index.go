@@ -285,19 +285,29 @@ func (s *Store) indexOnce() (n int, err error) {
 		return 0, err
 	}
 	if n == 0 {
-		_, err := c.exec("ROLLBACK")
-		s.indexed.Store(max(s.indexed.Load(), upto))
-		return 0, err
-	}
-	if _, err := c.exec("INSERT INTO channel_time(channel, time_ns, id) SELECT channel, time_ns, id FROM ev.events WHERE id > ? AND id <= ? AND channel <> ''", upto, hi); err != nil {
-		return 0, fmt.Errorf("index channels: %w", err)
-	}
-	if _, err := c.exec("INSERT INTO user_time(ukey, time_ns, id) SELECT ukey, time_ns, id FROM ev.events WHERE id > ? AND id <= ?", upto, hi); err != nil {
-		return 0, fmt.Errorf("index users: %w", err)
-	}
-	if s.hasFTS {
-		if _, err := c.exec("INSERT INTO events_fts(rowid, text) SELECT id, text FROM ev.events WHERE id > ? AND id <= ? AND text <> ''", upto, hi); err != nil {
-			return 0, fmt.Errorf("index text: %w", err)
+		// Cleanup may have removed events before they were indexed:
+		// nothing up to the id floor is left to index.
+		floor, err := idFloor(c, "ev.")
+		if err != nil {
+			return 0, err
+		}
+		if floor <= upto {
+			_, err := c.exec("ROLLBACK")
+			s.advanceIndexed(upto)
+			return 0, err
+		}
+		hi = floor
+	} else {
+		if _, err := c.exec("INSERT INTO channel_time(channel, time_ns, id) SELECT channel, time_ns, id FROM ev.events WHERE id > ? AND id <= ? AND channel <> ''", upto, hi); err != nil {
+			return 0, fmt.Errorf("index channels: %w", err)
+		}
+		if _, err := c.exec("INSERT INTO user_time(ukey, time_ns, id) SELECT ukey, time_ns, id FROM ev.events WHERE id > ? AND id <= ?", upto, hi); err != nil {
+			return 0, fmt.Errorf("index users: %w", err)
+		}
+		if s.hasFTS {
+			if _, err := c.exec("INSERT INTO events_fts(rowid, text) SELECT id, text FROM ev.events WHERE id > ? AND id <= ? AND text <> ''", upto, hi); err != nil {
+				return 0, fmt.Errorf("index text: %w", err)
+			}
 		}
 	}
 	if _, err := c.exec("UPDATE ix_meta SET value = ? WHERE key = 'indexed_upto'", strconv.FormatInt(hi, 10)); err != nil {
@@ -307,11 +317,18 @@ func (s *Store) indexOnce() (n int, err error) {
 		return 0, err
 	}
 	s.ixCommits.Add(1)
-	s.indexed.Store(hi)
-	s.ixCond.L.Lock()
-	s.ixCond.Broadcast()
-	s.ixCond.L.Unlock()
+	s.advanceIndexed(hi)
 	return n, nil
+}
+
+// advanceIndexed publishes indexed_upto and wakes the waiters.
+func (s *Store) advanceIndexed(upto int64) {
+	s.ixCond.L.Lock()
+	if upto > s.indexed.Load() {
+		s.indexed.Store(upto)
+		s.ixCond.Broadcast()
+	}
+	s.ixCond.L.Unlock()
 }
 
 func (s *Store) setIndexErr(err error) {

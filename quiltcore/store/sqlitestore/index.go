@@ -39,13 +39,23 @@ import (
 const IndexFileName = "quilt-index.db"
 
 // maxIndexLag is how far (events) the writer may run ahead of the indexer.
-// Two batches of 1000 keep both cores busy; more only lengthens the wait of
-// a query under load.
-var maxIndexLag int64 = 4096
+// It is four indexMin batches: room for the writer to go on while the
+// indexer commits one. More only lengthens the wait of a query under load.
+var maxIndexLag int64 = 16384
+
+// indexMin and indexDelay: the indexer waits for indexMin events, or
+// indexDelay, before a transaction, unless a query is waiting for it.
+// Each index transaction flushes a full-text segment and merges older
+// ones: indexing in transactions of 500 events cost twice as much per
+// event as in transactions of 20000.
+const (
+	indexMin   = 4096
+	indexDelay = 20 * time.Millisecond
+)
 
 // indexChunk bounds one indexer transaction, so a rebuild reports progress
 // and a query waiting on a small lag is not stuck behind a huge commit.
-const indexChunk = 20000
+var indexChunk = 20000
 
 // ixSchema is the index file's schema. Each table is its own B-tree
 // ordered like the index it replaces; every event is in user_time (ukey
@@ -85,7 +95,8 @@ const ixFTSAutomerge = 16
 type indexer struct {
 	path string
 	c    *wconn
-	kick chan struct{}
+	// kick: the writer committed; urgent: a query or the writer waits.
+	kick, urgent chan struct{}
 }
 
 // newStoreID names a quilt.db so an index file built from another (a
@@ -111,7 +122,7 @@ func (s *Store) openIndex(syncMode, storeID string) error {
 		c := &wconn{c: dc.(*sqlite3.SQLiteConn), stmts: map[string]*sqlite3.SQLiteStmt{}}
 		ok, err := s.prepareIndex(c, path, storeID)
 		if err == nil && ok {
-			s.ix = &indexer{path: path, c: c, kick: make(chan struct{}, 1)}
+			s.ix = &indexer{path: path, c: c, kick: make(chan struct{}, 1), urgent: make(chan struct{}, 1)}
 			return nil
 		}
 		c.close()
@@ -242,12 +253,31 @@ func (s *Store) runIndexer() {
 		case <-s.quit:
 			return
 		case <-s.ix.kick:
+		case <-s.ix.urgent:
+			continue
 		case <-t.C:
+			continue
 		}
+		// Gather a bigger transaction unless someone waits.
+		deadline := time.NewTimer(indexDelay)
+	gather:
+		for s.committed.Load()-s.indexed.Load() < indexMin {
+			select {
+			case <-s.quit:
+				deadline.Stop()
+				return
+			case <-s.ix.kick:
+			case <-s.ix.urgent:
+				break gather
+			case <-deadline.C:
+				break gather
+			}
+		}
+		deadline.Stop()
 	}
 }
 
-// kickIndexer wakes the indexer without blocking.
+// kickIndexer tells the indexer the writer committed.
 func (s *Store) kickIndexer() {
 	select {
 	case s.ix.kick <- struct{}{}:
@@ -255,12 +285,36 @@ func (s *Store) kickIndexer() {
 	}
 }
 
+// hurryIndexer tells the indexer someone waits for it.
+func (s *Store) hurryIndexer() {
+	select {
+	case s.ix.urgent <- struct{}{}:
+	default:
+	}
+}
+
+// beginIndexTx starts a transaction that writes the index file only.
+// BEGIN IMMEDIATE would take the write lock of every attached file, the
+// event store's too, and serialise the indexer with the writer; a
+// deferred BEGIN whose first statement writes ix_meta takes the index
+// file's lock (waiting for another process's indexer) before it reads.
+func beginIndexTx(c *wconn) error {
+	if _, err := c.exec("BEGIN"); err != nil {
+		return err
+	}
+	if _, err := c.exec("UPDATE ix_meta SET value = value WHERE key = 'indexed_upto'"); err != nil {
+		_, _ = c.exec("ROLLBACK")
+		return err
+	}
+	return nil
+}
+
 // indexOnce indexes up to indexChunk events past indexed_upto.
 func (s *Store) indexOnce() (n int, err error) {
 	s.ixMu.Lock()
 	defer s.ixMu.Unlock()
 	c := s.ix.c
-	if _, err := c.exec("BEGIN IMMEDIATE"); err != nil {
+	if err := beginIndexTx(c); err != nil {
 		return 0, err
 	}
 	defer func() {
@@ -342,7 +396,7 @@ func (s *Store) waitIndexed(ctx context.Context, id int64) error {
 	if s.indexed.Load() >= id {
 		return nil
 	}
-	s.kickIndexer()
+	s.hurryIndexer()
 	stop := context.AfterFunc(ctx, func() {
 		s.ixCond.L.Lock()
 		s.ixCond.Broadcast()
@@ -378,7 +432,7 @@ func (s *Store) cleanIndex(ctx context.Context, before int64) (err error) {
 	s.ixMu.Lock()
 	defer s.ixMu.Unlock()
 	c := s.ix.c
-	if _, err := c.exec("BEGIN IMMEDIATE"); err != nil {
+	if err := beginIndexTx(c); err != nil {
 		return err
 	}
 	defer func() {

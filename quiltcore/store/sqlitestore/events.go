@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"math"
 	"regexp"
 	"sort"
 	"strings"
@@ -189,9 +190,32 @@ type userPart struct {
 // merge). A channel filter walks channel_time the same way. Queries using
 // the index file must syncIndexed first (needsIndex).
 func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, conds []string, args []any, tcol, idcol string) {
+	return s.whereOn(f, part, false)
+}
+
+// whereOn is where; plain keeps every condition on the events row (for
+// rows already found by id), walking no index of the index file.
+func (s *Store) whereOn(f *quiltv1.EventFilter, part *userPart, plain bool) (from string, conds []string, args []any, tcol, idcol string) {
 	from, tcol, idcol = "events e", "e.time_ns", "e.id"
 	channelDone := false
-	if part != nil {
+	if plain && part != nil {
+		conds = append(conds, "e.ukey = ?")
+		args = append(args, part.ukey)
+		c, a := namesCond(part.names)
+		conds = append(conds, c)
+		args = append(args, a...)
+	} else if plain {
+		if u := f.GetUser(); u != "" {
+			if storeutil.HasWildcard(u) {
+				conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name GLOB ?)", "e.names REGEXP ?")
+				args = append(args, sqliteGlob(u), namesGlobRegex(u))
+			} else {
+				n := normName(strings.ToLower(u))
+				conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name = ?)", "instr(e.names, ?) > 0")
+				args = append(args, n, nameSep+n+nameSep)
+			}
+		}
+	} else if part != nil {
 		from, tcol, idcol = "ix.user_time u CROSS JOIN events e ON e.id = u.id", "u.time_ns", "u.id"
 		conds = append(conds, "u.ukey = ?")
 		args = append(args, part.ukey)
@@ -237,7 +261,7 @@ func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, cond
 		}
 	}
 	if v := f.GetText(); v != "" {
-		if s.hasFTS && utf8.RuneCountInString(v) >= 3 {
+		if s.hasFTS && !plain && utf8.RuneCountInString(v) >= 3 {
 			// Trigram MATCH is a case-insensitive substring search; the
 			// string is one quoted phrase so its characters are literal.
 			conds = append(conds, "e.id IN (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ?)")
@@ -449,13 +473,11 @@ func containsCond(col, needle string) (string, []any) {
 }
 
 // textScanWindow is how many of the newest rows matching the other
-// filters a text search checks directly before asking the full-text
-// index. A phrase found in more than 1 in 200 events fills a page inside
-// the window: checking 20k rows in index order costs a few milliseconds,
-// while the trigram index must intersect every posting list of the
-// phrase's trigrams over the whole table (hundreds of milliseconds at 1M
-// events for common words) before it can sort by time.
-const textScanWindow = 20000
+// filters a text search checks directly before walking the full-text
+// index (ftsWalk). A phrase in more than 1 in 40 events fills a page
+// inside the window, in about a millisecond; a sparser one would make the
+// window cost more than the walk, which stops once a page is found.
+var textScanWindow = 4000
 
 // page runs one ordered, limited query (part, when set, replaces the
 // filter's user).
@@ -465,8 +487,121 @@ func (s *Store) page(ctx context.Context, f *quiltv1.EventFilter, part *userPart
 		if err != nil || full {
 			return rows, err
 		}
+		if s.hasFTS && utf8.RuneCountInString(f.GetText()) >= 3 {
+			return s.ftsWalk(ctx, f, part, after, oldest, n)
+		}
 	}
 	return s.indexPage(ctx, f, part, after, oldest, n)
+}
+
+// ftsBlock is how many full-text candidates ftsWalk checks in its first
+// query; each next one checks twice as many, up to 8 times.
+var ftsBlock = 1000
+
+// trigramQuery is an FTS5 query every text holding needle matches: the
+// AND of needle's trigrams at every third character and its last. A
+// quoted phrase of all its trigrams is exact but slow (FTS5 matches
+// positions of every trigram over the whole index before the first row);
+// this AND of a third of them stops as soon as enough rows are found, and
+// the candidates are checked with the real substring test.
+func trigramQuery(needle string) string {
+	r := []rune(needle)
+	var terms []string
+	add := func(i int) {
+		terms = append(terms, `"`+strings.ReplaceAll(string(r[i:i+3]), `"`, `""`)+`"`)
+	}
+	for i := 0; i+3 <= len(r); i += 3 {
+		add(i)
+	}
+	if len(r)%3 != 0 {
+		add(len(r) - 3)
+	}
+	return strings.Join(terms, " AND ")
+}
+
+// ftsWalk answers a text search by walking the full-text index's
+// candidates from the newest id (oldest first: the oldest), checking each
+// against the whole filter, until n rows are found and id_chunks shows no
+// id not yet walked can hold an event that sorts before the n-th.
+func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userPart, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
+	rest := proto.Clone(f).(*quiltv1.EventFilter)
+	rest.Text = ""
+	_, conds, args, _, _ := s.whereOn(rest, part, true)
+	textCond, textArgs := containsCond("e.text", f.GetText())
+	conds = append(conds, textCond)
+	args = append(args, textArgs...)
+	cmp, dir, idcmp := "<", "DESC", "<"
+	if oldest {
+		cmp, dir, idcmp = ">", "ASC", ">"
+	}
+	if after != nil {
+		conds = append(conds, "(e.time_ns, e.id) "+cmp+" (?, ?)")
+		args = append(args, after.TimeNS, after.Seq)
+	}
+	query := "SELECT c.rowid, e.id, e.time_ns, e.data FROM (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ? AND rowid " + idcmp + " ? ORDER BY rowid " + dir + " LIMIT ?) c" +
+		" LEFT JOIN events e ON e.id = c.rowid AND " + strings.Join(conds, " AND ")
+	bound := fmt.Sprintf("SELECT max(max_time) FROM ix.id_chunks WHERE chunk <= ? >> %d", chunkShift)
+	if oldest {
+		bound = fmt.Sprintf("SELECT min(min_time) FROM ix.id_chunks WHERE chunk >= ? >> %d", chunkShift)
+	}
+	before := func(a, b storeutil.Key) bool {
+		less := a.TimeNS < b.TimeNS || (a.TimeNS == b.TimeNS && a.Seq < b.Seq)
+		return less == oldest
+	}
+	match := trigramQuery(f.GetText())
+	block := ftsBlock
+	var out []pageRow
+	edge := int64(math.MaxInt64)
+	if oldest {
+		edge = 0
+	}
+	for {
+		blockArgs := append([]any{match, edge, block}, args...)
+		rows, err := s.rdb.QueryContext(ctx, query, blockArgs...)
+		if err != nil {
+			return nil, fmt.Errorf("sqlitestore: query events: %w", err)
+		}
+		seen := 0
+		for rows.Next() {
+			var cand int64
+			var id, t sql.NullInt64
+			var data []byte
+			if err := rows.Scan(&cand, &id, &t, &data); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("sqlitestore: query events: %w", err)
+			}
+			seen++
+			edge = cand
+			if id.Valid {
+				out = append(out, pageRow{key: storeutil.Key{TimeNS: t.Int64, Seq: id.Int64}, data: data})
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("sqlitestore: query events: %w", err)
+		}
+		sort.Slice(out, func(i, j int) bool { return before(out[i].key, out[j].key) })
+		if len(out) > n {
+			out = out[:n]
+		}
+		if seen < block {
+			return out, nil
+		}
+		// A sparse match needs many candidates: fewer, bigger queries.
+		block = min(block*2, 8*ftsBlock)
+		if len(out) == n {
+			var b sql.NullInt64
+			if err := s.rdb.QueryRowContext(ctx, bound, edge).Scan(&b); err != nil {
+				return nil, fmt.Errorf("sqlitestore: query events: %w", err)
+			}
+			last := out[n-1].key
+			// Every id not walked yet is past edge, so at an equal time
+			// it sorts after last.
+			if b.Valid && (b.Int64 == last.TimeNS || (b.Int64 < last.TimeNS) != oldest) {
+				return out, nil
+			}
+		}
+	}
 }
 
 // scanPage answers a text search from the newest textScanWindow rows of

@@ -72,6 +72,14 @@ var ixSchema = []string{
 		id INTEGER NOT NULL,
 		PRIMARY KEY(channel, time_ns, id)
 	) WITHOUT ROWID`,
+	// id_chunks bounds the event times of each run of 4096 ids, so a
+	// walk of the full-text index in id order knows when no older id can
+	// hold a newer event (ftsWalk).
+	`CREATE TABLE IF NOT EXISTS id_chunks(
+		chunk INTEGER PRIMARY KEY,
+		min_time INTEGER NOT NULL,
+		max_time INTEGER NOT NULL
+	)`,
 	`CREATE TABLE IF NOT EXISTS user_time(
 		ukey TEXT NOT NULL,
 		time_ns INTEGER NOT NULL,
@@ -79,6 +87,13 @@ var ixSchema = []string{
 		PRIMARY KEY(ukey, time_ns, id)
 	) WITHOUT ROWID`,
 }
+
+// ixLayout is stored in ix_meta(layout); an index file with another is
+// rebuilt.
+const ixLayout = "2"
+
+// chunkShift: id_chunks.chunk is id >> chunkShift.
+const chunkShift = 12
 
 // ixFTSSchema: contentless (the text is in quilt.db, another file) with
 // contentless_delete so cleanup can drop rows by id. The trigram tokenizer
@@ -184,13 +199,17 @@ func (s *Store) prepareIndex(c *wconn, path, storeID string) (ok bool, err error
 				return false, wrap(err)
 			}
 		}
-		if _, err := c.exec("INSERT INTO ix_meta(key, value) VALUES('store_id', ?), ('fts', ?), ('indexed_upto', '0')", storeID, fts); err != nil {
+		if _, err := c.exec("INSERT INTO ix_meta(key, value) VALUES('store_id', ?), ('fts', ?), ('indexed_upto', '0'), ('layout', ?)", storeID, fts, ixLayout); err != nil {
 			return false, wrap(err)
 		}
 		return true, nil
 	}
 	if meta["store_id"] != storeID {
 		s.log.Warn("index file belongs to another event store: rebuilding it", "index", path)
+		return false, nil
+	}
+	if meta["layout"] != ixLayout {
+		s.log.Warn("index file has an older layout: rebuilding it", "index", path)
 		return false, nil
 	}
 	if meta["fts"] != fts {
@@ -357,6 +376,10 @@ func (s *Store) indexOnce() (n int, err error) {
 		}
 		if _, err := c.exec("INSERT INTO user_time(ukey, time_ns, id) SELECT ukey, time_ns, id FROM ev.events WHERE id > ? AND id <= ?", upto, hi); err != nil {
 			return 0, fmt.Errorf("index users: %w", err)
+		}
+		if _, err := c.exec(fmt.Sprintf("INSERT INTO id_chunks(chunk, min_time, max_time) SELECT id >> %d, min(time_ns), max(time_ns) FROM ev.events WHERE id > ? AND id <= ? GROUP BY id >> %[1]d "+
+			"ON CONFLICT(chunk) DO UPDATE SET min_time = min(min_time, excluded.min_time), max_time = max(max_time, excluded.max_time)", chunkShift), upto, hi); err != nil {
+			return 0, fmt.Errorf("index id chunks: %w", err)
 		}
 		if s.hasFTS {
 			if _, err := c.exec("INSERT INTO events_fts(rowid, text) SELECT id, text FROM ev.events WHERE id > ? AND id <= ? AND text <> ''", upto, hi); err != nil {

@@ -33,7 +33,7 @@ func TestFTSWalkMatchesScan(t *testing.T) {
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	type ev struct {
 		id, text, channel string
-		at              time.Time
+		at                time.Time
 	}
 	var all []ev
 	perm := rng.Perm(6000)

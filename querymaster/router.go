@@ -350,6 +350,11 @@ type SourceReply struct {
 // once every source has ended, or when ctx ends. perSource 0 means
 // Options.SourceTimeout; q.Id is set to a new ULID and q.Deadline to the
 // per-source deadline. Receive until the channel closes.
+//
+// No goroutine per source: each session's reader hands its replies
+// straight to the channel, and one timer reports the sources still silent
+// at the deadline. A live query is a few goroutine hops per source on the
+// critical path, so every hop saved is latency saved.
 func (r *Router) LiveQuery(ctx context.Context, sources []string, q *quiltv1.LiveQuery, perSource time.Duration) <-chan SourceReply {
 	if len(sources) == 0 {
 		sources = r.Attached()
@@ -361,103 +366,225 @@ func (r *Router) LiveQuery(ctx context.Context, sources []string, q *quiltv1.Liv
 	q.Id = ulid.Make().String()
 	deadline := time.Now().Add(perSource)
 	q.Deadline = timestamppb.New(deadline)
-	out := make(chan SourceReply, len(sources)+16)
-	var wg sync.WaitGroup
-	for _, name := range sources {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.liveOne(ctx, name, q, perSource, deadline, out)
-		}()
+	lq := &liveQuery{
+		id:      q.Id,
+		per:     perSource,
+		out:     make(chan SourceReply, len(sources)+16),
+		pending: make(map[string]*session, len(sources)),
+		over:    make(chan struct{}),
 	}
-	go func() {
-		wg.Wait()
-		close(out)
-	}()
-	return out
+	lq.ctx, lq.cancel = context.WithCancel(ctx)
+	msg := &quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_LiveQuery{LiveQuery: q}}
+	var missing []string
+	// Everything is registered under lq.mu, before any question is sent:
+	// a reply, a detach or the deadline may come before this is done, and
+	// they all wait for the lock.
+	lq.mu.Lock()
+	for _, name := range sources {
+		if _, dup := lq.pending[name]; dup {
+			continue
+		}
+		s := r.get(name)
+		lq.pending[name] = s
+		if s == nil {
+			missing = append(missing, name)
+			continue
+		}
+		lq.asked = append(lq.asked, s)
+		s.mu.Lock()
+		s.lives[q.Id] = &liveWait{lq: lq, source: s.name}
+		s.mu.Unlock()
+		lq.stops = append(lq.stops, context.AfterFunc(s.ctx, func() {
+			lq.end(s.name, SourceReply{Source: s.name, Problem: &quiltv1.SourceProblem{Source: s.name, Reason: "detached",
+				Error: fmt.Sprintf("source %q detached before answering", s.name)}})
+		}))
+	}
+	lq.timer = time.AfterFunc(perSource, lq.timeout)
+	lq.stops = append(lq.stops, context.AfterFunc(lq.ctx, lq.finish))
+	asked, none := lq.asked, len(lq.pending) == 0
+	lq.mu.Unlock()
+	if none {
+		lq.finish()
+		return lq.out
+	}
+	for _, name := range missing {
+		lq.end(name, SourceReply{Source: name, Problem: &quiltv1.SourceProblem{Source: name, Reason: "detached",
+			Error: fmt.Sprintf("source %q is not attached", name)}})
+	}
+	for _, s := range asked {
+		lq.ask(s, msg)
+	}
+	return lq.out
 }
+
+// liveQuery is one LiveQuery in flight.
+type liveQuery struct {
+	id     string
+	per    time.Duration
+	out    chan SourceReply
+	ctx    context.Context // ends when the query finished or its caller's ctx ended
+	cancel context.CancelFunc
+	over   chan struct{} // closed at the deadline or when the query finished
+	once   sync.Once     // closes over
+
+	mu      sync.Mutex
+	pending map[string]*session // sources without their final item yet (nil: not attached)
+	asked   []*session
+	timer   *time.Timer
+	stops   []func() bool  // context.AfterFunc registrations
+	closed  bool           // out is closed or about to be: nothing more goes in
+	sending sync.WaitGroup // sends on out in progress
+}
+
+func (lq *liveQuery) setOver() { lq.once.Do(func() { close(lq.over) }) }
 
 // liveWait is one live query waiting on one session.
 type liveWait struct {
-	ch   chan *quiltv1.LiveReply
-	done chan struct{} // closed when the waiter stopped listening
+	lq     *liveQuery
+	source string
 }
 
-func (r *Router) liveOne(ctx context.Context, name string, q *quiltv1.LiveQuery, perSource time.Duration, deadline time.Time, out chan<- SourceReply) {
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	// Everything here is bounded by the deadline, so a consumer that stops
-	// reading cannot stall the session's reader (and so its events).
-	emit := func(sr SourceReply) bool {
-		select {
-		case out <- sr:
-			return true
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		return false
-	}
-	problem := func(reason, msg string) {
-		emit(SourceReply{Source: name, Problem: &quiltv1.SourceProblem{Source: name, Reason: reason, Error: msg}})
-	}
-	s := r.get(name)
-	if s == nil {
-		problem("detached", fmt.Sprintf("source %q is not attached", name))
+// ask sends the query down s's stream. A stream whose queue is full gets
+// it from a goroutine (bounded by the deadline), so one slow source
+// manager does not hold up the others' questions.
+func (lq *liveQuery) ask(s *session, msg *quiltv1.MasterMessage) {
+	select {
+	case s.out <- msg:
 		return
+	default:
 	}
-	w := &liveWait{ch: make(chan *quiltv1.LiveReply, 16), done: make(chan struct{})}
-	s.mu.Lock()
-	s.lives[q.Id] = w
-	s.mu.Unlock()
-	defer func() {
-		close(w.done)
-		s.mu.Lock()
-		delete(s.lives, q.Id)
-		s.mu.Unlock()
-	}()
-	if err := s.send(&quiltv1.MasterMessage{Msg: &quiltv1.MasterMessage_LiveQuery{LiveQuery: q}}); err != nil {
-		problem("detached", fmt.Sprintf("source %q detached before the query was sent", name))
-		return
-	}
-	for {
+	go func() {
 		select {
-		case rep := <-w.ch:
-			if rep.Error != "" {
-				problem("error", rep.Error)
-				return
-			}
-			if !emit(SourceReply{Source: name, Reply: rep}) || rep.Done {
-				return
-			}
-		case <-t.C:
-			// The timer fired, so emit cannot wait on it: send directly.
-			select {
-			case out <- SourceReply{Source: name, Problem: &quiltv1.SourceProblem{Source: name, Reason: "timeout",
-				Error: fmt.Sprintf("source %q did not answer within %s", name, perSource)}}:
-			case <-ctx.Done():
-			}
-			return
+		case s.out <- msg:
 		case <-s.ctx.Done():
-			problem("detached", fmt.Sprintf("source %q detached before answering", name))
-			return
-		case <-ctx.Done():
-			return
+			// The AfterFunc on s.ctx reports it detached.
+		case <-lq.over:
+			// Timed out, or the query ended: timeout() reported it.
 		}
+	}()
+}
+
+// emit sends one item for source, ending the source when final. Items of
+// sources already ended, or after the query finished, are dropped. It
+// blocks until the consumer takes the item or the query is over (its
+// deadline, or ctx), so a consumer that stops reading cannot stall a
+// session's reader for longer than the deadline. (A source's parts come
+// from its session's reader in order; only a detach racing a part can
+// put the source's "detached" before that part.)
+func (lq *liveQuery) emit(source string, sr SourceReply, final bool) {
+	lq.mu.Lock()
+	if _, ok := lq.pending[source]; !ok || lq.closed {
+		lq.mu.Unlock()
+		return
+	}
+	last := false
+	if final {
+		delete(lq.pending, source)
+		last = len(lq.pending) == 0
+	}
+	lq.sending.Add(1)
+	lq.mu.Unlock()
+	select {
+	case lq.out <- sr:
+	case <-lq.over:
+		// Over but room after all? Deliver what fits.
+		select {
+		case lq.out <- sr:
+		default:
+		}
+	}
+	lq.sending.Done()
+	if last {
+		lq.finish()
+	}
+}
+
+// end gives source its final item (a problem, or the last reply part).
+func (lq *liveQuery) end(source string, sr SourceReply) { lq.emit(source, sr, true) }
+
+// timeout reports every source still silent at the deadline. The problems
+// fit in out's buffer (one slot per source) unless the consumer stopped
+// reading rows; then they wait for it, or for its ctx to end.
+func (lq *liveQuery) timeout() {
+	lq.setOver()
+	lq.mu.Lock()
+	if lq.closed {
+		lq.mu.Unlock()
+		return
+	}
+	names := make([]string, 0, len(lq.pending))
+	for n := range lq.pending {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	lq.mu.Unlock()
+	for _, n := range names {
+		lq.mu.Lock()
+		_, ok := lq.pending[n]
+		if !ok || lq.closed {
+			lq.mu.Unlock()
+			continue
+		}
+		delete(lq.pending, n)
+		lq.sending.Add(1)
+		lq.mu.Unlock()
+		select {
+		case lq.out <- SourceReply{Source: n, Problem: &quiltv1.SourceProblem{Source: n, Reason: "timeout",
+			Error: fmt.Sprintf("source %q did not answer within %s", n, lq.per)}}:
+		case <-lq.ctx.Done():
+		}
+		lq.sending.Done()
+	}
+	lq.finish()
+}
+
+// finish closes out once every send in progress is done, and unregisters
+// the query from its sessions. Safe to call more than once.
+func (lq *liveQuery) finish() {
+	lq.mu.Lock()
+	if lq.closed {
+		lq.mu.Unlock()
+		return
+	}
+	lq.closed = true
+	timer, stops, asked := lq.timer, lq.stops, lq.asked
+	lq.mu.Unlock()
+	if timer != nil {
+		timer.Stop()
+	}
+	// Unregistered before out closes: whoever sees the close finds the
+	// sessions clean.
+	for _, s := range asked {
+		s.mu.Lock()
+		if w := s.lives[lq.id]; w != nil && w.lq == lq {
+			delete(s.lives, lq.id)
+		}
+		s.mu.Unlock()
+	}
+	lq.setOver()
+	lq.sending.Wait()
+	close(lq.out)
+	lq.cancel()
+	for _, stop := range stops {
+		stop()
 	}
 }
 
 // deliverLive hands a reply part to its waiting query; it blocks at most
-// until that query stops listening (its deadline) or the stream ends.
+// until that query is over (its deadline or its consumer's ctx).
 func (s *session) deliverLive(rep *quiltv1.LiveReply) {
 	s.mu.Lock()
 	w := s.lives[rep.GetQueryId()]
+	if w != nil && (rep.Done || rep.Error != "") {
+		delete(s.lives, rep.GetQueryId())
+	}
 	s.mu.Unlock()
 	if w == nil {
 		return
 	}
-	select {
-	case w.ch <- rep:
-	case <-w.done:
-	case <-s.ctx.Done():
+	if rep.Error != "" {
+		w.lq.end(w.source, SourceReply{Source: w.source, Problem: &quiltv1.SourceProblem{Source: w.source, Reason: "error", Error: rep.Error}})
+		return
 	}
+	w.lq.emit(w.source, SourceReply{Source: w.source, Reply: rep}, rep.Done)
 }

@@ -76,6 +76,10 @@ func (m *Manager) Query(q *quiltv1.LiveQuery) *quiltv1.LiveReply {
 		servers = m.Servers()
 	}
 	glob := model.CompileGlob(q.GetUser())
+	// names is reused across channels: a presence query matches a few of
+	// many members, and a fresh slice per channel sized for every member
+	// was most of a presence query's garbage.
+	var names []string
 	for _, s := range servers {
 		s.mu.Lock()
 		switch q.GetKind() {
@@ -92,7 +96,7 @@ func (m *Manager) Query(q *quiltv1.LiveQuery) *quiltv1.LiveReply {
 			presence := q.GetKind() == quiltv1.LiveQueryKind_LIVE_QUERY_KIND_PRESENCE
 			for _, cn := range s.channelNamesLocked(q.GetChannel()) {
 				ch := s.channels[cn]
-				names := make([]string, 0, len(ch.members))
+				names = names[:0]
 				for n, mem := range ch.members {
 					if presence && !glob.MatchUser(mem.u) {
 						continue

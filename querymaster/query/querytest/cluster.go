@@ -218,7 +218,7 @@ func (c *Cluster) Master() *querymaster.Master {
 // clients start reconnecting).
 func (c *Cluster) StopMaster() {
 	c.mu.Lock()
-	m, srv, stop, done := c.master, c.srv, c.stopRun, c.runDone
+	m, qs, srv, stop, done := c.master, c.Query, c.srv, c.stopRun, c.runDone
 	c.master, c.srv = nil, nil
 	c.mu.Unlock()
 	if m == nil {
@@ -228,6 +228,13 @@ func (c *Cluster) StopMaster() {
 	stop()
 	<-done
 	srv.Stop()
+	// History is written beside the answers: let the last records land
+	// before the store closes or a new master reads it.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := qs.Close(ctx); err != nil {
+		c.t.Errorf("querytest: query history still being written after 5s: %v", err)
+	}
 }
 
 // RestartMaster stops the master and starts a new one on the same address

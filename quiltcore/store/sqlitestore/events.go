@@ -197,48 +197,43 @@ func (s *Store) where(f *quiltv1.EventFilter, part *userPart) (from string, cond
 // rows already found by id), walking no index of the index file.
 func (s *Store) whereOn(f *quiltv1.EventFilter, part *userPart, plain bool) (from string, conds []string, args []any, tcol, idcol string) {
 	from, tcol, idcol = "events e", "e.time_ns", "e.id"
+	// userKeys selects the events of the user keys a subquery names: by
+	// the row's own column, or (unless plain) through user_time.
+	userKeys := "e.id IN (SELECT id FROM ix.user_time WHERE ukey IN (%s))"
+	if plain {
+		userKeys = "e.ukey IN (%s)"
+	}
 	channelDone := false
-	if plain && part != nil {
-		conds = append(conds, "e.ukey = ?")
+	switch {
+	case part != nil:
+		if plain {
+			conds = append(conds, "e.ukey = ?")
+		} else {
+			from, tcol, idcol = "ix.user_time u CROSS JOIN events e ON e.id = u.id", "u.time_ns", "u.id"
+			conds = append(conds, "u.ukey = ?")
+		}
 		args = append(args, part.ukey)
 		c, a := namesCond(part.names)
 		conds = append(conds, c)
 		args = append(args, a...)
-	} else if plain {
-		if u := f.GetUser(); u != "" {
-			if storeutil.HasWildcard(u) {
-				conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name GLOB ?)", "e.names REGEXP ?")
-				args = append(args, sqliteGlob(u), namesGlobRegex(u))
-			} else {
-				n := normName(strings.ToLower(u))
-				conds = append(conds, "e.ukey IN (SELECT ukey FROM user_names WHERE name = ?)", "instr(e.names, ?) > 0")
-				args = append(args, n, nameSep+n+nameSep)
-			}
+	case f.GetUser() != "":
+		u := f.GetUser()
+		if storeutil.HasWildcard(u) {
+			conds = append(conds, fmt.Sprintf(userKeys, "SELECT ukey FROM user_names WHERE name GLOB ?"), "e.names REGEXP ?")
+			args = append(args, sqliteGlob(u), namesGlobRegex(u))
+		} else {
+			n := normName(strings.ToLower(u))
+			conds = append(conds, fmt.Sprintf(userKeys, "SELECT ukey FROM user_names WHERE name = ?"), "instr(e.names, ?) > 0")
+			args = append(args, n, nameSep+n+nameSep)
 		}
-	} else if part != nil {
-		from, tcol, idcol = "ix.user_time u CROSS JOIN events e ON e.id = u.id", "u.time_ns", "u.id"
-		conds = append(conds, "u.ukey = ?")
-		args = append(args, part.ukey)
-		c, a := namesCond(part.names)
-		conds = append(conds, c)
-		args = append(args, a...)
-	} else {
-		if v := f.GetChannel(); v != "" {
-			from, tcol, idcol = "ix.channel_time c CROSS JOIN events e ON e.id = c.id", "c.time_ns", "c.id"
-			conds = append(conds, "c.channel = ?")
-			args = append(args, v)
-			channelDone = true
-		}
-		if u := f.GetUser(); u != "" {
-			if storeutil.HasWildcard(u) {
-				conds = append(conds, "e.id IN (SELECT id FROM ix.user_time WHERE ukey IN (SELECT ukey FROM user_names WHERE name GLOB ?))", "e.names REGEXP ?")
-				args = append(args, sqliteGlob(u), namesGlobRegex(u))
-			} else {
-				n := normName(strings.ToLower(u))
-				conds = append(conds, "e.id IN (SELECT id FROM ix.user_time WHERE ukey IN (SELECT ukey FROM user_names WHERE name = ?))", "instr(e.names, ?) > 0")
-				args = append(args, n, nameSep+n+nameSep)
-			}
-		}
+	}
+	if v := f.GetChannel(); v != "" && part == nil && !plain {
+		// The channel index drives the page; the user condition (if any)
+		// filters it.
+		from, tcol, idcol = "ix.channel_time c CROSS JOIN events e ON e.id = c.id", "c.time_ns", "c.id"
+		conds = append([]string{"c.channel = ?"}, conds...)
+		args = append([]any{v}, args...)
+		channelDone = true
 	}
 	if src := f.GetSources(); len(src) > 0 {
 		conds = append(conds, "e.source IN ("+placeholders(len(src))+")")

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,9 +113,32 @@ func TestQueryLatency(t *testing.T) {
 			t.Fatalf("QUILT_BENCH_ITERS=%q: want a number >= 100", v)
 		}
 	}
+	// Presence again while every source manager streams events into a
+	// store of its own: the live path then shares the links, the query
+	// master's readers and the store writer with ingest.
+	const rate = 1000 // messages/s per source
+	cases = append(cases, struct {
+		name string
+		req  func() *quiltv1.QueryRequest
+	}{fmt.Sprintf("presence, %dk events/s ingest", 5*rate/1000), cases[len(cases)-1].req})
+	var busy quiltv1.QueryMasterClient
 	for _, tc := range cases {
 		if !only.MatchString(tc.name) {
 			continue
+		}
+		qm := qm
+		if strings.Contains(tc.name, "ingest") {
+			if busy == nil {
+				var srcs []querytest.Source
+				for i := 0; i < 5; i++ {
+					srcs = append(srcs, querytest.Source{Name: fmt.Sprintf("busy%d", i), Users: 200, Rate: rate,
+						Servers: map[string][]string{"net": {"#one", "#two", "#three"}}})
+				}
+				bc := querytest.Start(t, querytest.Options{Sources: srcs})
+				busy = client(t, bc)
+				bc.WaitEvents(10*time.Second, nil, 5*rate/10) // ingest is running
+			}
+			qm = busy
 		}
 		var ds []time.Duration
 		rows := int64(0)

@@ -46,6 +46,9 @@ type Source struct {
 	// Script, when set, is run on every server after connecting (see
 	// testdriver).
 	Script string
+	// Rate, when > 0, makes every server emit that many messages per
+	// second into its channels (testdriver's rate): ingest load.
+	Rate int
 }
 
 // Options shape a cluster.
@@ -272,6 +275,9 @@ func (c *Cluster) AddSource(s Source) *runtime.Manager {
 	sort.Strings(names)
 	for _, n := range names {
 		fmt.Fprintf(&b, "\n[server %s]\nusers = %d\n", n, s.Users)
+		if s.Rate > 0 {
+			fmt.Fprintf(&b, "rate = %d\n", s.Rate)
+		}
 		if len(s.Servers[n]) > 0 {
 			fmt.Fprintf(&b, "channels = %s\n", strings.Join(s.Servers[n], ", "))
 		}

@@ -257,11 +257,12 @@ func (s *Store) whereOn(f *quiltv1.EventFilter, part *userPart, plain bool) (fro
 	}
 	if v := f.GetText(); v != "" {
 		if s.hasFTS && !plain && utf8.RuneCountInString(v) >= 3 {
-			// Trigram MATCH is a case-insensitive substring search; the
-			// string is one quoted phrase so its characters are literal.
+			// The index finds the events holding the needle's trigrams;
+			// the substring test keeps those holding the needle.
 			conds = append(conds, "e.id IN (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ?)")
-			args = append(args, `"`+strings.ReplaceAll(v, `"`, `""`)+`"`)
-		} else {
+			args = append(args, trigramQuery(v))
+		}
+		{
 			c, a := containsCond("e.text", v)
 			conds = append(conds, c)
 			args = append(args, a...)
@@ -494,11 +495,12 @@ func (s *Store) page(ctx context.Context, f *quiltv1.EventFilter, part *userPart
 var ftsBlock = 1000
 
 // trigramQuery is an FTS5 query every text holding needle matches: the
-// AND of needle's trigrams at every third character and its last. A
-// quoted phrase of all its trigrams is exact but slow (FTS5 matches
-// positions of every trigram over the whole index before the first row);
-// this AND of a third of them stops as soon as enough rows are found, and
-// the candidates are checked with the real substring test.
+// AND of needle's trigrams at every third character and its last. The
+// index keeps no positions (detail=none: half the indexing cost), so it
+// cannot match a phrase; its candidates are checked with the real
+// substring test. An AND of a third of the trigrams also stops as soon as
+// enough rows are found, where a phrase query matched the positions of
+// every trigram over the whole index before the first row.
 func trigramQuery(needle string) string {
 	r := []rune(needle)
 	var terms []string

@@ -41,7 +41,7 @@ const IndexFileName = "quilt-index.db"
 // maxIndexLag is how far (events) the writer may run ahead of the indexer.
 // It is four indexMin batches: room for the writer to go on while the
 // indexer commits one. More only lengthens the wait of a query under load.
-var maxIndexLag int64 = 16384
+var maxIndexLag int64 = 65536
 
 // indexMin and indexDelay: the indexer waits for indexMin events, or
 // indexDelay, before a transaction, unless a query is waiting for it.
@@ -49,7 +49,7 @@ var maxIndexLag int64 = 16384
 // ones: indexing in transactions of 500 events cost twice as much per
 // event as in transactions of 20000.
 const (
-	indexMin   = 4096
+	indexMin   = 16384
 	indexDelay = 20 * time.Millisecond
 )
 
@@ -90,17 +90,18 @@ var ixSchema = []string{
 
 // ixLayout is stored in ix_meta(layout); an index file with another is
 // rebuilt.
-const ixLayout = "2"
+const ixLayout = "3"
 
 // chunkShift: id_chunks.chunk is id >> chunkShift.
 const chunkShift = 12
 
 // ixFTSSchema: contentless (the text is in quilt.db, another file) with
-// contentless_delete so cleanup can drop rows by id. The trigram tokenizer
-// makes MATCH a case-insensitive substring search, the same "contains" the
-// MongoDB store answers with a quoted $regex.
+// contentless_delete so cleanup can drop rows by id, and without token
+// positions (detail=none; see trigramQuery). The trigram tokenizer folds
+// case, as the "contains" of the filter (and of the MongoDB store's
+// quoted $regex) does.
 const ixFTSSchema = `CREATE VIRTUAL TABLE IF NOT EXISTS events_fts USING fts5(
-	text, content='', contentless_delete=1, tokenize='trigram')`
+	text, content='', contentless_delete=1, tokenize='trigram', detail='none')`
 
 // ixFTSAutomerge: FTS5 merges segments at every commit once 4 (its
 // default) are waiting; 16 merges less often, for fewer rewrites per event.

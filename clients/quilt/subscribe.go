@@ -7,7 +7,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
@@ -41,8 +40,10 @@ var ErrStop = errors.New("quilt: stop subscription")
 // restart, leader change, cut off as too slow) it finds the leader again and
 // re-subscribes with replay_since just before the last event seen, dropping
 // ids already delivered, so fn sees no gap and no duplicate at the seam.
-// fn runs on Subscribe's goroutine; a slow fn slows the stream (and at the
-// limit the master cuts it off, after which the replay catches up).
+// fn runs on Subscribe's goroutine and may keep the event it is given; a
+// slow fn slows the stream (past the master's subscriber buffer the master
+// sends what it missed from its store; at the limit it cuts it off, after
+// which the re-subscribe's replay catches up).
 func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(*quiltv1.Event) error) error {
 	if o.Overlap <= 0 {
 		o.Overlap = 5 * time.Second
@@ -78,7 +79,9 @@ func (c *Client) Subscribe(ctx context.Context, o SubscribeOptions, fn func(*qui
 				last = t
 			}
 			delivered = true
-			if ferr := fn(proto.Clone(e).(*quiltv1.Event)); ferr != nil {
+			// Each Recv decodes into a new message and the library keeps
+			// none of it, so fn owns e without a copy.
+			if ferr := fn(e); ferr != nil {
 				cancel()
 				if errors.Is(ferr, ErrStop) {
 					return nil

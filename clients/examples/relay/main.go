@@ -108,7 +108,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	p := &pipeline{r: r, in: make(chan *item), items: map[uint64]*item{}, backoff: minBackoff,
+	// in holds a window's worth, so the subscription reads ahead while
+	// the pipeline is busy and the pipeline takes messages in runs.
+	p := &pipeline{r: r, in: make(chan *item, r.Window), items: map[uint64]*item{}, backoff: minBackoff,
 		as: r.Client.ActStream(ctx)}
 	defer p.as.Close()
 	go func() { cancel(p.run(ctx)) }()
@@ -169,6 +171,9 @@ type pipeline struct {
 	window  []*item // sent, in order, not yet settled
 	items   map[uint64]*item
 	nextRef uint64
+	// bad counts the window's failed or in-doubt messages, waiting its
+	// pending ones: the loop asks on every message, the window is large.
+	bad, waiting int
 	// recent are the last messages confirmed, which the echo check must
 	// not mistake for the echo of a message in doubt with the same text.
 	recent  []*item
@@ -186,8 +191,10 @@ func (p *pipeline) run(ctx context.Context) error {
 		select {
 		case it := <-in:
 			p.queue = append(p.queue, it)
+			p.takeMore(in)
 		case o := <-p.as.Outcomes():
 			p.settle(o)
+			p.settleMore()
 		case <-p.hold:
 			p.hold = nil
 		case <-ctx.Done():
@@ -198,6 +205,31 @@ func (p *pipeline) run(ctx context.Context) error {
 			if err := p.recover(ctx); err != nil {
 				return nil
 			}
+		}
+	}
+}
+
+// takeMore takes the messages already waiting, up to the window's room,
+// so they go out in one run.
+func (p *pipeline) takeMore(in chan *item) {
+	for len(p.queue)+len(p.window) < p.r.Window {
+		select {
+		case it := <-in:
+			p.queue = append(p.queue, it)
+		default:
+			return
+		}
+	}
+}
+
+// settleMore settles the outcomes already waiting.
+func (p *pipeline) settleMore() {
+	for {
+		select {
+		case o := <-p.as.Outcomes():
+			p.settle(o)
+		default:
+			return
 		}
 	}
 }
@@ -219,6 +251,7 @@ func (p *pipeline) sendQueued(ctx context.Context) {
 			return
 		}
 		it.ref, it.sentAt, it.state = ref, time.Now(), pending
+		p.waiting++
 		p.items[ref] = it
 		p.window = append(p.window, it)
 		p.queue = p.queue[1:]
@@ -237,6 +270,7 @@ func (p *pipeline) settle(o quilt.ActOutcome) {
 		return
 	}
 	delete(p.items, o.Ref)
+	p.waiting--
 	switch {
 	case o.Err != nil && o.MayHaveRun:
 		// Lost with the stream, timed out, or the source manager detached
@@ -248,6 +282,9 @@ func (p *pipeline) settle(o quilt.ActOutcome) {
 		it.state = confirmed
 	default:
 		it.state, it.why = failed, o.Result.GetError()
+	}
+	if it.state != confirmed {
+		p.bad++
 	}
 }
 
@@ -274,23 +311,9 @@ func (p *pipeline) done(it *item) {
 // troubled tells whether a message of the window failed or is in doubt:
 // nothing new is sent until the window settled, so a retry goes out
 // before the messages after it that were not sent yet.
-func (p *pipeline) troubled() bool {
-	for _, it := range p.window {
-		if it.state == failed || it.state == unknown {
-			return true
-		}
-	}
-	return false
-}
+func (p *pipeline) troubled() bool { return p.bad > 0 }
 
-func (p *pipeline) anyPending() bool {
-	for _, it := range p.window {
-		if it.state == pending {
-			return true
-		}
-	}
-	return false
-}
+func (p *pipeline) anyPending() bool { return p.waiting > 0 }
 
 // recover settles a window in which every message has an outcome and some
 // failed or are in doubt: the ones in doubt are looked for in the
@@ -321,6 +344,7 @@ func (p *pipeline) recover(ctx context.Context) error {
 		again = append(again, it)
 	}
 	p.window = nil
+	p.bad, p.waiting = 0, 0
 	if len(again) > 0 {
 		p.queue = append(again, p.queue...)
 		p.wait()

@@ -124,12 +124,20 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 		var fresh map[string]bool
 		if inserted < int64(len(events)) {
 			fresh = make(map[string]bool, inserted)
-			err := c.query("SELECT id FROM processed INDEXED BY processed_at WHERE processed_at = ? AND source = ?", []any{now, source}, func(d []driver.Value) error {
-				fresh[asString(d[0])] = true
-				return nil
-			})
-			if err != nil {
-				return err
+			ids := make([]any, 0, len(events))
+			for _, e := range events {
+				ids = append(ids, e.GetId())
+			}
+			for len(ids) > 0 {
+				chunk := ids[:min(len(ids), 500)]
+				ids = ids[len(chunk):]
+				err := c.query("SELECT id FROM processed WHERE source = ? AND processed_at = ? AND id IN ("+placeholders(len(chunk))+")", append([]any{source, now}, chunk...), func(d []driver.Value) error {
+					fresh[asString(d[0])] = true
+					return nil
+				})
+				if err != nil {
+					return err
+				}
 			}
 		}
 		evArgs := make([]driver.Value, 0, 11*len(events))
@@ -808,6 +816,10 @@ func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1
 	return out, nil
 }
 
+// processedScanChunk is how many processed ids one cleanup transaction
+// looks at.
+var processedScanChunk = 20000
+
 // cleanupChunk bounds one cleanup transaction so inserts interleave.
 const cleanupChunk = 2000
 
@@ -839,18 +851,42 @@ func (s *Store) Cleanup(ctx context.Context, eventsBefore, processedBefore time.
 		}
 	}
 	if !processedBefore.IsZero() {
+		// processed has no index on processed_at (it would cost every
+		// insert a second B-tree entry): walk its key in chunks.
+		from := [2]string{}
 		for {
 			var n int64
+			scanned := 0
 			err := s.write(ctx, func(c *wconn) error {
-				var err error
-				n, err = c.exec("DELETE FROM processed WHERE (source, id) IN (SELECT source, id FROM processed WHERE processed_at < ? LIMIT ?)", processedBefore.UnixNano(), int64(cleanupChunk*5))
-				return err
+				n, scanned = 0, 0
+				var old [][2]string
+				err := c.query("SELECT source, id, processed_at FROM processed WHERE (source, id) > (?, ?) ORDER BY source, id LIMIT ?",
+					[]any{from[0], from[1], int64(processedScanChunk)}, func(d []driver.Value) error {
+						scanned++
+						k := [2]string{asString(d[0]), asString(d[1])}
+						from = k
+						if at, _ := d[2].(int64); at < processedBefore.UnixNano() {
+							old = append(old, k)
+						}
+						return nil
+					})
+				if err != nil {
+					return err
+				}
+				for _, k := range old {
+					m, err := c.exec("DELETE FROM processed WHERE source = ? AND id = ?", k[0], k[1])
+					if err != nil {
+						return err
+					}
+					n += m
+				}
+				return nil
 			})
 			if err != nil {
 				return res, fmt.Errorf("sqlitestore: clean up processed ids before %s: %w", processedBefore.Format(time.RFC3339), err)
 			}
 			res.Processed += n
-			if n < cleanupChunk*5 {
+			if scanned < processedScanChunk {
 				break
 			}
 		}

@@ -170,3 +170,46 @@ func TestIndexBackPressure(t *testing.T) {
 		t.Fatalf("channel query after the indexer caught up: %d events, want 20", len(got))
 	}
 }
+
+// Cleanup of processed ids walks the table in chunks; every old id goes,
+// every recent one stays, in every chunk.
+func TestCleanupProcessedInChunks(t *testing.T) {
+	old := processedScanChunk
+	processedScanChunk = 7
+	defer func() { processedScanChunk = old }()
+	s := openT(t, t.TempDir())
+	defer s.Close()
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	ctx := context.Background()
+	insert := func(src, prefix string, n int) {
+		evs := ixEvents(prefix, n, "#c", at)
+		for _, e := range evs {
+			e.Source = src
+		}
+		if _, err := s.InsertEvents(ctx, src, evs, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, src := range []string{"a", "b"} {
+		insert(src, "old-"+src, 20)
+	}
+	cut := time.Now()
+	time.Sleep(10 * time.Millisecond)
+	for _, src := range []string{"a", "b"} {
+		insert(src, "new-"+src, 15)
+	}
+	r, err := s.Cleanup(ctx, time.Time{}, cut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Processed != 40 {
+		t.Errorf("removed %d processed ids, want 40", r.Processed)
+	}
+	var left, leftNew int
+	if err := s.rdb.QueryRow("SELECT count(*), count(*) FILTER (WHERE id LIKE 'new-%') FROM processed").Scan(&left, &leftNew); err != nil {
+		t.Fatal(err)
+	}
+	if left != 30 || leftNew != 30 {
+		t.Errorf("%d processed ids left (%d new), want the 30 new ones", left, leftNew)
+	}
+}

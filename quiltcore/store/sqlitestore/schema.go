@@ -57,7 +57,9 @@ var schema = []string{
 		processed_at INTEGER NOT NULL,
 		PRIMARY KEY(source, id)
 	) WITHOUT ROWID`,
-	`CREATE INDEX IF NOT EXISTS processed_at ON processed(processed_at)`,
+	// Files written before this build had an index on processed_at; an
+	// insert paid for it, only cleanup used it.
+	`DROP INDEX IF EXISTS processed_at`,
 	`CREATE TABLE IF NOT EXISTS cursors(
 		source TEXT NOT NULL,
 		server TEXT NOT NULL,

@@ -179,6 +179,13 @@ func serve(ctx context.Context, d *daemon.Daemon, cfg *config.Config) error {
 	if !daemon.GracefulStop(srv, 5*time.Second) {
 		log.Warn("gRPC graceful stop timed out; connections closed")
 	}
+	// The query history is written beside the answers; keep the last
+	// queries' records before the store closes.
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer hcancel()
+	if herr := qs.Close(hctx); herr != nil {
+		log.Warn("query history of the last queries not stored", "err", herr)
+	}
 	return err
 }
 

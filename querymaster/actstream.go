@@ -43,7 +43,7 @@ func (m *Master) ActStream(stream quiltv1.QueryMaster_ActStreamServer) error {
 	// waiter never blocks on it.
 	slots := make(chan struct{}, MaxActsInFlight)
 	out := make(chan *quiltv1.ActStreamResponse, MaxActsInFlight)
-	go m.actStreamReader(ctx, cancel, stream, slots, out)
+	go m.actStreamReader(ctx, epoch, cancel, stream, slots, out)
 	for {
 		select {
 		case resp := <-out:
@@ -72,7 +72,7 @@ func (m *Master) ActStream(stream quiltv1.QueryMaster_ActStreamServer) error {
 	}
 }
 
-func (m *Master) actStreamReader(ctx context.Context, cancel context.CancelCauseFunc, stream quiltv1.QueryMaster_ActStreamServer,
+func (m *Master) actStreamReader(ctx, epoch context.Context, cancel context.CancelCauseFunc, stream quiltv1.QueryMaster_ActStreamServer,
 	slots chan struct{}, out chan<- *quiltv1.ActStreamResponse) {
 	var waiters sync.WaitGroup
 	respond := func(resp *quiltv1.ActStreamResponse) {
@@ -112,7 +112,10 @@ func (m *Master) actStreamReader(ctx context.Context, cancel context.CancelCause
 			defer waiters.Done()
 			res, err := p.Wait(ctx, timeout)
 			if err != nil {
-				if ctx.Err() != nil {
+				// A step down detaches the source managers too, and ctx
+				// learns of it asynchronously: the epoch, which ends
+				// first, tells that the action's fate is the stream's.
+				if ctx.Err() != nil || epoch.Err() != nil {
 					// The stream is ending; the client learns the action's
 					// fate is unknown from the stream's own status.
 					return

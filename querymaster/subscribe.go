@@ -294,8 +294,17 @@ func (m *Master) catchUp(ctx context.Context, req *quiltv1.SubscribeRequest, sub
 	if req.Filter != nil {
 		f = cloneFilter(req.Filter)
 	}
+	// A second early: a store that keeps coarser times than the events
+	// carry must not leave the oldest missed one out.
+	since = since.Add(-time.Second)
 	if f.Since == nil || f.Since.AsTime().Before(since) {
 		f.Since = timestamppb.New(since)
+	}
+	if f.Until != nil && !f.Since.AsTime().Before(f.Until.AsTime()) {
+		// The live filter let nothing past until through; the store
+		// refuses an empty range.
+		sub.endReplay(nil)
+		return nil
 	}
 	q := store.EventQuery{Filter: f, Limit: store.MaxLimit, OldestFirst: true}
 	for len(want) > 0 {

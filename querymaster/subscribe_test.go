@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
@@ -134,9 +135,14 @@ func TestSlowSubscriberCutOff(t *testing.T) {
 		_, err = slow.Recv()
 		n++
 	}
-	// Cut off once it owes its queue (8) and 64 times that in missed
-	// events: 8 + 512 + the one that did not fit.
-	wantCode(t, err, codes.ResourceExhausted, "subscriber too slow: 521 events behind")
+	// Cut off once it owes 64 times its queue (8) in missed events, plus
+	// what is still queued (the stream drains it meanwhile) and the one
+	// that did not fit.
+	wantCode(t, err, codes.ResourceExhausted, "subscriber too slow: ")
+	var behind int
+	if _, serr := fmt.Sscanf(status.Convert(err).Message(), "subscriber too slow: %d events behind", &behind); serr != nil || behind < 513 || behind > 521 {
+		t.Fatalf("%q: want 513 to 521 events behind", status.Convert(err).Message())
+	}
 	if n > 19000 {
 		t.Fatalf("received %d events before the cut", n)
 	}

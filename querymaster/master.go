@@ -21,9 +21,11 @@ import (
 	"github.com/quilt/quilt/quiltcore/version"
 )
 
-// Defaults for zero Options fields.
+// Defaults for zero Options fields. DefaultSubscriberBuffer is the config's
+// subscriber_buffer default too, so embedded masters (tests, benchmarks)
+// behave like quilt-qmd.
 const (
-	DefaultSubscriberBuffer = 1024
+	DefaultSubscriberBuffer = 4096
 	DefaultActTimeout       = 30 * time.Second
 	DefaultSourceTimeout    = 5 * time.Second
 	DefaultHeartbeat        = 5 * time.Second

@@ -78,14 +78,71 @@ type Relay struct {
 }
 
 // Render applies the format to e.
-func Render(format string, e *quiltv1.Event) string {
-	u := e.GetUser()
-	display := u.GetDisplay()
-	if display == "" {
-		display = u.GetTransient()
+func Render(format string, e *quiltv1.Event) string { return compileFormat(format).render(e) }
+
+// placeholders are the names a format may use, each a field of the event.
+var placeholders = map[string]func(*quiltv1.Event) string{
+	"{nick}": func(e *quiltv1.Event) string { return e.GetUser().GetTransient() },
+	"{display}": func(e *quiltv1.Event) string {
+		if d := e.GetUser().GetDisplay(); d != "" {
+			return d
+		}
+		return e.GetUser().GetTransient()
+	},
+	"{text}":    func(e *quiltv1.Event) string { return e.GetText() },
+	"{channel}": func(e *quiltv1.Event) string { return e.GetChannel() },
+	"{source}":  func(e *quiltv1.Event) string { return e.GetSource() },
+	"{server}":  func(e *quiltv1.Event) string { return e.GetServer() },
+}
+
+// format is a format split once into literal text and placeholders: a
+// strings.Replacer built per message cost more than the rest of the
+// relay's work on it.
+type format []formatPart
+
+type formatPart struct {
+	lit   string
+	field func(*quiltv1.Event) string // nil: lit
+}
+
+func compileFormat(f string) format {
+	var out format
+	lit := 0
+	for i := 0; i < len(f); i++ {
+		if f[i] != '{' {
+			continue
+		}
+		for name, field := range placeholders {
+			if strings.HasPrefix(f[i:], name) {
+				if lit < i {
+					out = append(out, formatPart{lit: f[lit:i]})
+				}
+				out = append(out, formatPart{field: field})
+				i += len(name) - 1
+				lit = i + 1
+				break
+			}
+		}
 	}
-	return strings.NewReplacer("{nick}", u.GetTransient(), "{display}", display, "{text}", e.GetText(),
-		"{channel}", e.GetChannel(), "{source}", e.GetSource(), "{server}", e.GetServer()).Replace(format)
+	if lit < len(f) {
+		out = append(out, formatPart{lit: f[lit:]})
+	}
+	return out
+}
+
+func (f format) render(e *quiltv1.Event) string {
+	if len(f) == 1 && f[0].field != nil {
+		return f[0].field(e)
+	}
+	var b strings.Builder
+	for _, p := range f {
+		if p.field != nil {
+			b.WriteString(p.field(e))
+		} else {
+			b.WriteString(p.lit)
+		}
+	}
+	return b.String()
 }
 
 var styles = map[quiltv1.EventKind]quiltv1.SendStyle{
@@ -114,6 +171,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		as: r.Client.ActStream(ctx)}
 	defer p.as.Close()
 	go func() { cancel(p.run(ctx)) }()
+	fm := compileFormat(r.Format)
 	filter := &quiltv1.EventFilter{Sources: []string{r.From.Source}, Server: r.From.Server, Channel: r.From.Channel,
 		Kinds: []quiltv1.EventKind{quiltv1.EventKind_EVENT_KIND_MESSAGE, quiltv1.EventKind_EVENT_KIND_NOTICE, quiltv1.EventKind_EVENT_KIND_ACTION}}
 	err := r.Client.Subscribe(ctx, quilt.SubscribeOptions{Filter: filter, ReplaySince: r.Since,
@@ -123,7 +181,7 @@ func (r *Relay) Run(ctx context.Context) error {
 				return nil
 			}
 			select {
-			case p.in <- &item{ev: e, text: Render(r.Format, e)}:
+			case p.in <- &item{ev: e, text: fm.render(e)}:
 				return nil
 			case <-ctx.Done():
 				return context.Cause(ctx)

@@ -61,9 +61,11 @@ const DefaultWelcomeWait = 30 * time.Second
 
 // DefaultMaxInFlight is LinkOptions.MaxInFlight by default: less than the
 // query master's per-stream batch queue (16), so its reader never waits for
-// the store and action results on the same stream are not held up behind
-// events.
-const DefaultMaxInFlight = 8
+// the store, and few enough that action results sent on the same stream
+// wait behind little event data (with 8 the relay benchmark's blast was
+// slower than with 4 or 2: its results queued behind up to 8 full batches),
+// yet enough that the store has the next batch when it is done with one.
+const DefaultMaxInFlight = 4
 
 // LinkOptions shape the stream to the query master ([source_managers] in
 // quilt.cfg).

@@ -290,9 +290,14 @@ func drain(sub *subscriber, stream quiltv1.QueryMaster_SubscribeServer) error {
 func (m *Master) catchUp(ctx context.Context, req *quiltv1.SubscribeRequest, sub *subscriber, stream quiltv1.QueryMaster_SubscribeServer, log *slog.Logger) error {
 	want, since := sub.takeMissed()
 	n := len(want)
+	// want names the events exactly; the filter only narrows the store's
+	// walk. Sources, kinds and time keep it on the store's time index: a
+	// channel, user or text filter would make the embedded store first
+	// wait for its index file to hold the newest events, stalling the
+	// stream mid-burst.
 	f := &quiltv1.EventFilter{}
 	if req.Filter != nil {
-		f = cloneFilter(req.Filter)
+		f = &quiltv1.EventFilter{Sources: req.Filter.GetSources(), Kinds: req.Filter.GetKinds(), Since: req.Filter.GetSince(), Until: req.Filter.GetUntil()}
 	}
 	// A second early: a store that keeps coarser times than the events
 	// carry must not leave the oldest missed one out.

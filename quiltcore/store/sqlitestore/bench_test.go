@@ -60,9 +60,11 @@ func openBench(b *testing.B, dir string) *sqlitestore.Store {
 	return s
 }
 
-// BenchmarkInsert reports stored events/s for batches of 100 and 1000.
+// BenchmarkInsert reports stored events/s for batches of 100 and 1000,
+// and of 1 and 10 (a source manager's batches at chat rates: per-commit
+// cost).
 func BenchmarkInsert(b *testing.B) {
-	for _, size := range []int{100, 1000} {
+	for _, size := range []int{1, 10, 100, 1000} {
 		b.Run(fmt.Sprintf("batch=%d", size), func(b *testing.B) {
 			s := openBench(b, b.TempDir())
 			defer s.Close()

@@ -14,8 +14,8 @@
 //
 // Checkpoints: the WAL grows to 20000 pages (80 MiB) before a commit
 // copies it back itself; normally a checkpointer goroutine on its own
-// connection copies it back first (PASSIVE) once the writer has been idle
-// for 250 ms. The WAL file is truncated to 64 MiB when it restarts.
+// connection copies it back first (PASSIVE), every 250 ms while the writer
+// commits. The WAL file is truncated to 64 MiB when it restarts.
 //
 // Concurrency: one writer goroutine owns the only write connection and
 // commits whatever requests are queued together in one transaction (group
@@ -91,8 +91,8 @@ type Store struct {
 	closedFlag atomic.Bool
 
 	// commits counts the writer's commits and lastCommit is the time of
-	// the newest (unix ns), so the checkpointer knows when the writer is
-	// idle and whether anything is left to copy back.
+	// the newest (unix ns), so the checkpointer knows whether anything is
+	// left to copy back.
 	commits    atomic.Int64
 	lastCommit atomic.Int64
 	ckptDone   chan struct{}
@@ -229,8 +229,7 @@ func Open(dir string, opts Options) (*Store, error) {
 // to the WAL whole), so nearly every commit paid a checkpoint (copy back
 // and fsync) inside the write lock. At 20000 pages (80 MiB) the copy-back
 // is amortised over many commits, and a page rewritten by several commits
-// is copied back once; the checkpointer usually gets there first, when the
-// writer is idle.
+// is copied back once; the checkpointer usually gets there first.
 const walAutoCheckpoint = 20000
 
 // walSizeLimit truncates the WAL file back to this size when it restarts,
@@ -242,15 +241,19 @@ func writerDSN(path, syncMode string) string {
 	return "file:" + path + "?_journal_mode=WAL&_synchronous=" + syncMode + "&_busy_timeout=10000&_cache_size=-262144"
 }
 
-// checkpointIdle is how long the writer must be idle before the
-// checkpointer copies the WAL back.
+// checkpointIdle is how often the checkpointer looks for commits to copy
+// back.
 const checkpointIdle = 250 * time.Millisecond
 
-// checkpointer runs PASSIVE checkpoints on its own connection when the
-// writer has committed since the last one and is idle, so the copy-back
-// (and its fsync) happens outside the writer's commits. PASSIVE never
-// waits for readers or the writer: what it cannot copy now is copied by
-// the next one.
+// checkpointer runs PASSIVE checkpoints on its own connection whenever the
+// writer has committed since the last one, so the copy-back (and its
+// fsync) happens beside the writer's commits, on the other core, instead
+// of inside one of them when the WAL reaches walAutoCheckpoint. (It used
+// to wait for the writer to be idle: under a steady load that never came,
+// and the commit that crossed 20000 pages stalled every writer behind it;
+// stored events/s in batches of 100 and 1000 rose ~10% without the wait.)
+// PASSIVE never waits for readers or the writer: what it cannot copy now
+// is copied by the next one.
 func (s *Store) checkpointer(c *wconn) {
 	defer close(s.ckptDone)
 	defer c.close()
@@ -267,7 +270,7 @@ func (s *Store) checkpointer(c *wconn) {
 		case <-t.C:
 		}
 		n := s.commits.Load()
-		if n == done || time.Since(time.Unix(0, s.lastCommit.Load())) < checkpointIdle {
+		if n == done {
 			continue
 		}
 		if err := c.execOnce("PRAGMA wal_checkpoint(PASSIVE)"); err != nil {

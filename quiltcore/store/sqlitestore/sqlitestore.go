@@ -260,24 +260,36 @@ func (s *Store) checkpointer(c *wconn) {
 	if err := c.execOnce(fmt.Sprintf("PRAGMA journal_size_limit = %d", walSizeLimit)); err != nil {
 		s.log.Warn("checkpointer: set journal_size_limit", "err", err)
 	}
+	// The index file's WAL too, so the indexer's commits do not copy it
+	// back themselves either.
+	ixOK := true
+	if _, err := c.exec("ATTACH DATABASE ? AS ix", s.ix.path); err != nil {
+		s.log.Warn("checkpointer: attach the index file; the indexer checkpoints it itself", "err", err)
+		ixOK = false
+	}
 	t := time.NewTicker(checkpointIdle)
 	defer t.Stop()
-	var done int64
+	var done, ixDone int64
 	for {
 		select {
 		case <-s.quit:
 			return
 		case <-t.C:
 		}
-		n := s.commits.Load()
-		if n == done {
-			continue
+		if n := s.commits.Load(); n != done {
+			if err := c.execOnce("PRAGMA main.wal_checkpoint(PASSIVE)"); err != nil {
+				s.log.Warn("background checkpoint failed", "err", err)
+			} else {
+				done = n
+			}
 		}
-		if err := c.execOnce("PRAGMA wal_checkpoint(PASSIVE)"); err != nil {
-			s.log.Warn("background checkpoint failed", "err", err)
-			continue
+		if n := s.ixCommits.Load(); ixOK && n != ixDone {
+			if err := c.execOnce("PRAGMA ix.wal_checkpoint(PASSIVE)"); err != nil {
+				s.log.Warn("background checkpoint of the index file failed", "err", err)
+			} else {
+				ixDone = n
+			}
 		}
-		done = n
 	}
 }
 

@@ -244,7 +244,12 @@ func (s *Store) whereOn(f *quiltv1.EventFilter, part *userPart, plain bool) (fro
 		args = append([]any{v}, args...)
 		channelDone = true
 	}
-	if src := f.GetSources(); len(src) > 0 {
+	if src := f.GetSources(); sourceIndexed(f) && part == nil && !plain {
+		// One source and nothing narrower: its index drives the page.
+		from, tcol, idcol = "ix.source_time s CROSS JOIN events e ON e.id = s.id", "s.time_ns", "s.id"
+		conds = append(conds, "s.source = ?")
+		args = append(args, src[0])
+	} else if len(src) > 0 {
 		conds = append(conds, "e.source IN ("+placeholders(len(src))+")")
 		for _, x := range src {
 			args = append(args, x)
@@ -295,7 +300,13 @@ func (s *Store) whereOn(f *quiltv1.EventFilter, part *userPart, plain bool) (fro
 // needsIndex reports whether a query with f reads the index file, and so
 // must wait for it to hold every acknowledged event first.
 func needsIndex(f *quiltv1.EventFilter) bool {
-	return f.GetUser() != "" || f.GetChannel() != "" || f.GetText() != ""
+	return f.GetUser() != "" || f.GetChannel() != "" || f.GetText() != "" || sourceIndexed(f)
+}
+
+// sourceIndexed: a filter on one source and no channel or user walks the
+// index file's source_time (several sources walk events_time, filtering).
+func sourceIndexed(f *quiltv1.EventFilter) bool {
+	return len(f.GetSources()) == 1 && f.GetChannel() == "" && f.GetUser() == ""
 }
 
 // namesCond keeps the events carrying one of names.

@@ -81,6 +81,12 @@ var ixSchema = []string{
 		min_time INTEGER NOT NULL,
 		max_time INTEGER NOT NULL
 	)`,
+	`CREATE TABLE IF NOT EXISTS source_time(
+		source TEXT NOT NULL,
+		time_ns INTEGER NOT NULL,
+		id INTEGER NOT NULL,
+		PRIMARY KEY(source, time_ns, id)
+	) WITHOUT ROWID`,
 	`CREATE TABLE IF NOT EXISTS user_time(
 		ukey TEXT NOT NULL,
 		time_ns INTEGER NOT NULL,
@@ -91,7 +97,7 @@ var ixSchema = []string{
 
 // ixLayout is stored in ix_meta(layout); an index file with another is
 // rebuilt.
-const ixLayout = "3"
+const ixLayout = "4"
 
 // chunkShift: id_chunks.chunk is id >> chunkShift.
 const chunkShift = 12
@@ -379,6 +385,9 @@ func (s *Store) indexOnce() (n int, err error) {
 		if _, err := c.exec("INSERT INTO user_time(ukey, time_ns, id) SELECT ukey, time_ns, id FROM ev.events WHERE id > ? AND id <= ?", upto, hi); err != nil {
 			return 0, fmt.Errorf("index users: %w", err)
 		}
+		if _, err := c.exec("INSERT INTO source_time(source, time_ns, id) SELECT source, time_ns, id FROM ev.events WHERE id > ? AND id <= ?", upto, hi); err != nil {
+			return 0, fmt.Errorf("index sources: %w", err)
+		}
 		if _, err := c.exec(fmt.Sprintf("INSERT INTO id_chunks(chunk, min_time, max_time) SELECT id >> %d, min(time_ns), max(time_ns) FROM ev.events WHERE id > ? AND id <= ? GROUP BY id >> %[1]d "+
 			"ON CONFLICT(chunk) DO UPDATE SET min_time = min(min_time, excluded.min_time), max_time = max(max_time, excluded.max_time)", chunkShift), upto, hi); err != nil {
 			return 0, fmt.Errorf("index id chunks: %w", err)
@@ -475,6 +484,7 @@ func (s *Store) cleanIndex(ctx context.Context, before int64) (err error) {
 	for _, q := range []string{
 		"DELETE FROM user_time WHERE time_ns < ? AND NOT EXISTS (SELECT 1 FROM ev.events e WHERE e.id = user_time.id)",
 		"DELETE FROM channel_time WHERE time_ns < ? AND NOT EXISTS (SELECT 1 FROM ev.events e WHERE e.id = channel_time.id)",
+		"DELETE FROM source_time WHERE time_ns < ? AND NOT EXISTS (SELECT 1 FROM ev.events e WHERE e.id = source_time.id)",
 	} {
 		if _, err := c.exec(q, before); err != nil {
 			return err

@@ -20,10 +20,11 @@ package sqlitestore
 //     (name, user key) pair not seen before.
 //   - LastSeen enumerates users from user_names (small) instead of walking
 //     all of a heavy user's events.
-//   - The channel and user indexes and the full-text index are in the
-//     index file, built beside the writer by the indexer (index.go);
-//     events_time and events_source_time stay here: their insertion point
-//     is the end of the tree, which costs a bare insert next to nothing.
+//   - The channel, user and source indexes and the full-text index are in
+//     the index file, built beside the writer by the indexer (index.go);
+//     events_time stays here (cleanup and unfiltered pages walk it
+//     without waiting for the indexer): its insertion point is the end of
+//     the tree, which costs a bare insert next to nothing.
 //   - processed is separate from events so the two retentions differ
 //     (seed 002): ids outlive the events they de-duplicate.
 var schema = []string{
@@ -45,7 +46,8 @@ var schema = []string{
 		names TEXT NOT NULL DEFAULT ''
 	)`,
 	`CREATE INDEX IF NOT EXISTS events_time ON events(time_ns)`,
-	`CREATE INDEX IF NOT EXISTS events_source_time ON events(source, time_ns)`,
+	// In the index file since this build (source_time).
+	`DROP INDEX IF EXISTS events_source_time`,
 	`CREATE TABLE IF NOT EXISTS user_names(
 		name TEXT NOT NULL,
 		ukey TEXT NOT NULL,

@@ -67,16 +67,11 @@ func (s *Store) migrate() error {
 }
 
 // migrate2to3 drops what the index file now holds.
-func (s *Store) migrate2to3() (err error) {
-	c := s.wc
-	if err := c.execOnce("BEGIN IMMEDIATE"); err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = c.execOnce("ROLLBACK")
-		}
-	}()
+func (s *Store) migrate2to3() error {
+	return s.wc.immediateTx(func(c *wconn) error { return migrate2to3(c) })
+}
+
+func migrate2to3(c *wconn) error {
 	for _, q := range []string{
 		"DROP INDEX IF EXISTS events_channel_time",
 		"DROP INDEX IF EXISTS events_user_time",
@@ -87,22 +82,15 @@ func (s *Store) migrate2to3() (err error) {
 			return fmt.Errorf("%s: %w", q, err)
 		}
 	}
-	if _, err := c.exec("UPDATE meta SET value = ? WHERE key = 'schema_version'", strconv.Itoa(schemaVersion)); err != nil {
-		return err
-	}
-	return c.execOnce("COMMIT")
+	_, err := c.exec("UPDATE meta SET value = ? WHERE key = 'schema_version'", strconv.Itoa(schemaVersion))
+	return err
 }
 
-func (s *Store) migrate1to2(hasEventUsers bool) (err error) {
-	c := s.wc
-	if err := c.execOnce("BEGIN IMMEDIATE"); err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			_ = c.execOnce("ROLLBACK")
-		}
-	}()
+func (s *Store) migrate1to2(hasEventUsers bool) error {
+	return s.wc.immediateTx(func(c *wconn) error { return migrate1to2(c, hasEventUsers) })
+}
+
+func migrate1to2(c *wconn, hasEventUsers bool) error {
 	if err := c.execOnce("ALTER TABLE events ADD COLUMN names TEXT NOT NULL DEFAULT ''"); err != nil {
 		return err
 	}
@@ -111,7 +99,7 @@ func (s *Store) migrate1to2(hasEventUsers bool) (err error) {
 		names string
 	}
 	var rows []row
-	err = c.query("SELECT id, data FROM events", nil, func(d []driver.Value) error {
+	err := c.query("SELECT id, data FROM events", nil, func(d []driver.Value) error {
 		data, _ := d[1].([]byte)
 		e := new(quiltv1.Event)
 		if err := proto.Unmarshal(data, e); err != nil {
@@ -136,8 +124,19 @@ func (s *Store) migrate1to2(hasEventUsers bool) (err error) {
 	if err := c.execOnce("CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID"); err != nil {
 		return err
 	}
-	if _, err := c.exec("INSERT INTO meta(key, value) VALUES('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", strconv.Itoa(schemaVersion)); err != nil {
+	_, err = c.exec("INSERT INTO meta(key, value) VALUES('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", strconv.Itoa(schemaVersion))
+	return err
+}
+
+// immediateTx runs fn in a write transaction: committed when it returns
+// nil, rolled back otherwise.
+func (w *wconn) immediateTx(fn func(c *wconn) error) error {
+	if err := w.execOnce("BEGIN IMMEDIATE"); err != nil {
 		return err
 	}
-	return c.execOnce("COMMIT")
+	if err := fn(w); err != nil {
+		_ = w.execOnce("ROLLBACK")
+		return err
+	}
+	return w.execOnce("COMMIT")
 }

@@ -137,9 +137,11 @@ func (m MongoDBConfig) RedactedURI() string {
 type SourceManagersConfig struct {
 	ConfigDir string
 	// BufferEvents is the most unacknowledged events kept per source manager.
-	BufferEvents    int
-	BatchSize       int
-	BatchDelay      time.Duration
+	BufferEvents int
+	BatchSize    int
+	BatchDelay   time.Duration
+	// MaxInFlight is the most batches sent and not yet acknowledged.
+	MaxInFlight     int
 	ConnectionCycle time.Duration // default for smd.d files
 	Heartbeat       time.Duration
 }
@@ -357,6 +359,7 @@ func (c *Config) fill(doc *document, errs *Errors) {
 	sm.BufferEvents = s.integer("buffer_events", 100000, 1, 1<<30)
 	sm.BatchSize = s.integer("batch_size", 512, 1, 1<<20)
 	sm.BatchDelay = s.duration("batch_delay", 5*time.Millisecond, 0)
+	sm.MaxInFlight = s.integer("max_in_flight", 4, 1, 1024)
 	sm.ConnectionCycle = s.duration("connection_cycle", 120*time.Second, time.Second)
 	sm.Heartbeat = s.duration("heartbeat", 5*time.Second, 100*time.Millisecond)
 	s.finish()

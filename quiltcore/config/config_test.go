@@ -48,7 +48,7 @@ func TestLoadDefaults(t *testing.T) {
 			MongoDB: MongoDBConfig{Embedded: true, Database: "quilt", DataDir: "/var/lib/quilt",
 				Retention: 720 * time.Hour, ProcessedRetention: 720 * time.Hour, Timeout: 10 * time.Second},
 			Managers: SourceManagersConfig{ConfigDir: filepath.Join(dir, "smd.d"), BufferEvents: 100000,
-				BatchSize: 512, BatchDelay: 5 * time.Millisecond, ConnectionCycle: 120 * time.Second,
+				BatchSize: 512, BatchDelay: 5 * time.Millisecond, MaxInFlight: 4, ConnectionCycle: 120 * time.Second,
 				Heartbeat: 5 * time.Second},
 			Testing:  TestingConfig{Includes: []string{"*_testcase.quilt"}, Dir: filepath.Join(dir, "tests")},
 			Patterns: PatternsConfig{Dir: filepath.Join(dir, "patterns.d")},
@@ -104,6 +104,7 @@ config_dir = /srv/smd
 buffer_events = 10
 batch_size = 2
 batch_delay = 0
+max_in_flight = 7
 connection_cycle = 30s
 heartbeat = 1s
 
@@ -148,7 +149,7 @@ shutdown_timeout = 3s
 	if strings.Contains(m.RedactedURI(), ":pw@") || !strings.Contains(m.RedactedURI(), "db.example.org") {
 		t.Errorf("RedactedURI = %q", m.RedactedURI())
 	}
-	if sm := c.Managers; sm.ConfigDir != "/srv/smd" || sm.BufferEvents != 10 || sm.BatchSize != 2 || sm.BatchDelay != 0 ||
+	if sm := c.Managers; sm.ConfigDir != "/srv/smd" || sm.BufferEvents != 10 || sm.BatchSize != 2 || sm.BatchDelay != 0 || sm.MaxInFlight != 7 ||
 		sm.ConnectionCycle != 30*time.Second || sm.Heartbeat != time.Second {
 		t.Errorf("source_managers: %+v", sm)
 	}

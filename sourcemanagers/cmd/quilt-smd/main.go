@@ -120,6 +120,7 @@ func serve(ctx context.Context, d *daemon.Daemon, cfg *config.Config, sm *config
 			BufferEvents: cfg.Managers.BufferEvents,
 			BatchSize:    cfg.Managers.BatchSize,
 			BatchDelay:   cfg.Managers.BatchDelay,
+			MaxInFlight:  cfg.Managers.MaxInFlight,
 			Heartbeat:    cfg.Managers.Heartbeat,
 		},
 		Logger: log,

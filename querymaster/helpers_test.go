@@ -64,9 +64,14 @@ func newEnv(t testing.TB, o querymaster.Options) *env {
 	srv := grpc.NewServer(grpc.WaitForHandlers(true))
 	m.Register(srv)
 	go srv.Serve(lis)
+	// Fixed flow-control windows: gRPC otherwise grows them with its
+	// bandwidth estimate (up to 16 MiB), and how much a stream holds in
+	// flight, which tests of slow subscribers count on, would depend on
+	// the machine's speed.
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(1<<16), grpc.WithInitialConnWindowSize(1<<16))
 	if err != nil {
 		t.Fatal(err)
 	}

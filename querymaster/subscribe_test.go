@@ -112,7 +112,8 @@ func TestSubscribeBadFilter(t *testing.T) {
 
 func TestSlowSubscriberCutOff(t *testing.T) {
 	e := newEnv(t, querymaster.Options{Store: qmtest.NewDiscard(), SubscriberBuffer: 8})
-	ctx, cancel := context.WithCancel(context.Background())
+	// A subscriber never cut off would otherwise wait here forever.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	sm := e.attach("a", "s")
 	slow := e.subscribe(ctx, &quiltv1.SubscribeRequest{RequestedBy: "slow"})

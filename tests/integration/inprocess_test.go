@@ -341,7 +341,7 @@ func testEndToEndListSourcesAndDetachedAct(t *testing.T, kind string) {
 	c.startSM(smConfig("alpha", "net1", "net2"), runtime.LinkOptions{})
 	stopBeta := c.startSM(smConfig("beta", "other"), runtime.LinkOptions{})
 	ctx := context.Background()
-	eventually(t, 10*time.Second, "both attached with servers connected", func() bool {
+	eventually(t, 30*time.Second, "both attached with servers connected", func() bool {
 		r, err := c.qm.ListSources(ctx, &quiltv1.ListSourcesRequest{})
 		if err != nil || len(r.Sources) != 2 {
 			return false

@@ -470,14 +470,17 @@ func (l *link) attach(ctx context.Context) (welcomed bool, _ error) {
 	}
 
 	out := make(chan *quiltv1.SourceMessage, 1024)
-	// A server that changed state after Hello was built and before out was
-	// set had its update dropped; send everyone's current status first so
-	// the query master's view (ListSources) is never stale.
-	out <- &quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Status{Status: &quiltv1.ServerStatusUpdate{Servers: l.m.statuses()}}}
 	l.mu.Lock()
 	l.out = out
 	acked := l.acked
 	l.mu.Unlock()
+	// A server that changed state after Hello was built and before out was
+	// set had its update dropped; send everyone's status, read only now
+	// that out is set, so the query master's view (ListSources) is never
+	// stale: a change after this read is queued after it. (Read before
+	// out was set, a change in between was in neither: a server could
+	// show "connecting" for as long as it stayed connected.)
+	out <- &quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Status{Status: &quiltv1.ServerStatusUpdate{Servers: l.m.statuses()}}}
 	defer func() {
 		l.mu.Lock()
 		l.out = nil

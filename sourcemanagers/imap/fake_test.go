@@ -56,7 +56,7 @@ func newFake(t *testing.T, idle bool) *fake {
 		},
 		Caps:         caps,
 		InsecureAuth: true,
-		Logger:       testLogger{t},
+		Logger:       newTestLogger(t),
 	})
 	go f.srv.Serve(f.ln)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -76,9 +76,32 @@ func newFake(t *testing.T, idle bool) *fake {
 	return f
 }
 
-type testLogger struct{ t *testing.T }
+// testLogger hands the fake server's log lines to the test until it
+// ends: the server's connection goroutines may still log while the test
+// returns, and testing forbids (and the race detector flags) a Logf then.
+type testLogger struct {
+	t    *testing.T
+	mu   sync.Mutex
+	done bool
+}
 
-func (l testLogger) Printf(format string, a ...any) { l.t.Logf("imapserver: "+format, a...) }
+func newTestLogger(t *testing.T) *testLogger {
+	l := &testLogger{t: t}
+	t.Cleanup(func() {
+		l.mu.Lock()
+		l.done = true
+		l.mu.Unlock()
+	})
+	return l
+}
+
+func (l *testLogger) Printf(format string, a ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.done {
+		l.t.Logf("imapserver: "+format, a...)
+	}
+}
 
 // peer is the n-th connection's server end (0-based).
 func (f *fake) peer(n int) *fixture.Peer {

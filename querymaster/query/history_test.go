@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	quiltv1 "github.com/quilt/quilt/proto/quilt/v1"
@@ -79,26 +77,7 @@ func TestHistoryRunningQuery(t *testing.T) {
 	qm := client(t, c)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	mute, err := quiltv1.NewSourceLinkClient(conn).Attach(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mute.Send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Hello{Hello: &quiltv1.Hello{Name: "mute", Protocol: "test", InstanceId: "x"}}})
-	if _, err := mute.Recv(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			if _, err := mute.Recv(); err != nil {
-				return
-			}
-		}
-	}()
+	attachMute(t, c.Addr)
 
 	qs, err := qm.Query(ctx, &quiltv1.QueryRequest{Kind: "servers", SourceTimeout: durationpb.New(time.Second)})
 	if err != nil {

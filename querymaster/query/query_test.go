@@ -168,29 +168,8 @@ func TestLiveKinds(t *testing.T) {
 func TestLiveTimeout(t *testing.T) {
 	c := startCluster(t)
 	qm := client(t, c)
-	// A source manager that never answers: attach a raw stream by hand.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	conn, err := grpc.NewClient(c.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	st, err := quiltv1.NewSourceLinkClient(conn).Attach(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.Send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Hello{Hello: &quiltv1.Hello{Name: "mute", Protocol: "test", InstanceId: "x"}}})
-	if _, err := st.Recv(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			if _, err := st.Recv(); err != nil {
-				return
-			}
-		}
-	}()
+	// A source manager that never answers.
+	attachMute(t, c.Addr)
 	start := time.Now()
 	a := mustRun(t, qm, &quiltv1.QueryRequest{Kind: "servers", SourceTimeout: durationpb.New(200 * time.Millisecond)})
 	if el := time.Since(start); el > 2*time.Second {
@@ -343,4 +322,33 @@ func TestPatterns(t *testing.T) {
 	if err != nil || len(h.Queries) != 1 || h.Queries[0].Pattern != "nosuch" || h.Queries[0].State != quiltv1.QueryState_QUERY_STATE_FAILED {
 		t.Errorf("history of a refused pattern: %v %v", h, err)
 	}
+}
+
+// attachMute attaches a source manager named "mute" by hand, on a raw
+// stream that reads what the query master sends and never answers, until
+// the test ends.
+func attachMute(t *testing.T, addr string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	st, err := quiltv1.NewSourceLinkClient(conn).Attach(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Send(&quiltv1.SourceMessage{Msg: &quiltv1.SourceMessage_Hello{Hello: &quiltv1.Hello{Name: "mute", Protocol: "test", InstanceId: "x"}}})
+	if _, err := st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			if _, err := st.Recv(); err != nil {
+				return
+			}
+		}
+	}()
 }

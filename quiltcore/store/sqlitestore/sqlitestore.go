@@ -90,12 +90,10 @@ type Store struct {
 	ixCommits  atomic.Int64
 	closedFlag atomic.Bool
 
-	// commits counts the writer's commits and lastCommit is the time of
-	// the newest (unix ns), so the checkpointer knows whether anything is
-	// left to copy back.
-	commits    atomic.Int64
-	lastCommit atomic.Int64
-	ckptDone   chan struct{}
+	// commits counts the writer's commits, so the checkpointer knows
+	// whether anything is left to copy back.
+	commits  atomic.Int64
+	ckptDone chan struct{}
 }
 
 var _ store.Store = (*Store)(nil)

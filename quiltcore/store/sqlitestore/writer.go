@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
 )
@@ -417,7 +416,6 @@ func (s *Store) commit(group []*writeReq) {
 		rollback()
 		s.w.nextID = saved
 	} else if _, err := c.exec("COMMIT"); err == nil {
-		s.lastCommit.Store(time.Now().UnixNano())
 		s.commits.Add(1)
 		if s.w.nextID-1 > s.committed.Load() {
 			s.committed.Store(s.w.nextID - 1)

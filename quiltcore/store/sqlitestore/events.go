@@ -273,7 +273,8 @@ func (s *Store) whereOn(f *quiltv1.EventFilter, part *userPart, plain bool) (fro
 		if s.hasFTS && !plain && utf8.RuneCountInString(v) >= 3 {
 			// The index finds the events holding the needle's trigrams;
 			// the substring test keeps those holding the needle.
-			conds = append(conds, "e.id IN (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ?)")
+			conds = append(conds, fmt.Sprintf("e.id IN (WITH RECURSIVE o(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM o WHERE n < %d) "+
+				"SELECT (f.rowid << %d) + o.n FROM ix.events_fts f, o WHERE events_fts MATCH ?)", 1<<textBlockShift-1, textBlockShift))
 			args = append(args, trigramQuery(v))
 		}
 		{
@@ -510,10 +511,9 @@ func (s *Store) page(ctx context.Context, f *quiltv1.EventFilter, part *userPart
 	return s.indexPage(ctx, f, part, after, oldest, n)
 }
 
-// ftsBlock is how many full-text candidates ftsWalk checks in its first
-// query (a page of 100 needs about 220 at 46% true); each next one checks
-// twice as many, up to 8 times.
-var ftsBlock = 512
+// ftsBlocks is how many candidate text blocks ftsWalk checks in its first
+// query; each next one checks twice as many, up to 8 times.
+var ftsBlocks = 64
 
 // trigramQuery is an FTS5 query every text holding needle matches: the
 // AND of the needle's trigrams that span a word boundary (they carry the
@@ -544,9 +544,10 @@ func trigramQuery(needle string) string {
 }
 
 // ftsWalk answers a text search by walking the full-text index's
-// candidates from the newest id (oldest first: the oldest), checking each
-// against the whole filter, until n rows are found and id_chunks shows no
-// id not yet walked can hold an event that sorts before the n-th.
+// candidate blocks from the newest (oldest first: the oldest), checking
+// each of their events against the whole filter, until n rows are found
+// and id_chunks shows no id not yet walked can hold an event that sorts
+// before the n-th.
 func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userPart, after *storeutil.Key, oldest bool, n int) ([]pageRow, error) {
 	rest := proto.Clone(f).(*quiltv1.EventFilter)
 	rest.Text = ""
@@ -562,22 +563,25 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 		conds = append(conds, "(e.time_ns, e.id) "+cmp+" (?, ?)")
 		args = append(args, after.TimeNS, after.Seq)
 	}
-	query := "SELECT c.rowid, e.id, e.time_ns, e.data FROM (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ? AND rowid " + idcmp + " ? ORDER BY rowid " + dir + " LIMIT ?) c" +
-		" LEFT JOIN events e ON e.id = c.rowid AND " + strings.Join(conds, " AND ")
-	bound := fmt.Sprintf("SELECT max(max_time) FROM ix.id_chunks WHERE chunk <= ? >> %d", chunkShift)
+	// A block without a match still yields its candidate row (LEFT
+	// JOIN), so the walk knows how far it got.
+	query := fmt.Sprintf("SELECT c.rowid, e.id, e.time_ns, e.data FROM (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ? AND rowid "+idcmp+" ? ORDER BY rowid "+dir+" LIMIT ?) c"+
+		" LEFT JOIN events e ON e.id >= c.rowid << %d AND e.id < (c.rowid + 1) << %[1]d AND "+strings.Join(conds, " AND "), textBlockShift)
+	// The chunk of a block's ids: blocks are smaller than chunks.
+	bound := fmt.Sprintf("SELECT max(max_time) FROM ix.id_chunks WHERE chunk <= ? >> %d", chunkShift-textBlockShift)
 	if oldest {
-		bound = fmt.Sprintf("SELECT min(min_time) FROM ix.id_chunks WHERE chunk >= ? >> %d", chunkShift)
+		bound = fmt.Sprintf("SELECT min(min_time) FROM ix.id_chunks WHERE chunk >= ? >> %d", chunkShift-textBlockShift)
 	}
 	before := func(a, b storeutil.Key) bool {
 		less := a.TimeNS < b.TimeNS || (a.TimeNS == b.TimeNS && a.Seq < b.Seq)
 		return less == oldest
 	}
 	match := trigramQuery(f.GetText())
-	block := ftsBlock
+	block := ftsBlocks
 	var out []pageRow
 	edge := int64(math.MaxInt64)
 	if oldest {
-		edge = 0
+		edge = -1 // block 0 holds ids 1 to 63
 	}
 	for {
 		blockArgs := append([]any{match, edge, block}, args...)
@@ -585,7 +589,7 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 		if err != nil {
 			return nil, fmt.Errorf("sqlitestore: query events: %w", err)
 		}
-		seen := 0
+		seen, last := 0, int64(-1)
 		for rows.Next() {
 			var cand int64
 			var id, t sql.NullInt64
@@ -594,7 +598,10 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 				rows.Close()
 				return nil, fmt.Errorf("sqlitestore: query events: %w", err)
 			}
-			seen++
+			if cand != last {
+				seen++
+				last = cand
+			}
 			edge = cand
 			if id.Valid {
 				out = append(out, pageRow{key: storeutil.Key{TimeNS: t.Int64, Seq: id.Int64}, data: data})
@@ -612,7 +619,7 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 			return out, nil
 		}
 		// A sparse match needs many candidates: fewer, bigger queries.
-		block = min(block*2, 8*ftsBlock)
+		block = min(block*2, 8*ftsBlocks)
 		if len(out) == n {
 			var b sql.NullInt64
 			if err := s.rdb.QueryRowContext(ctx, bound, edge).Scan(&b); err != nil {

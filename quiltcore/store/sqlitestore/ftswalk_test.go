@@ -24,9 +24,9 @@ func TestFTSWalkMatchesScan(t *testing.T) {
 	if !s.hasFTS {
 		t.Skip("built without -tags sqlite_fts5")
 	}
-	oldWindow, oldBlock := textScanWindow, ftsBlock
-	textScanWindow, ftsBlock = 5, 37
-	defer func() { textScanWindow, ftsBlock = oldWindow, oldBlock }()
+	oldWindow, oldBlock := textScanWindow, ftsBlocks
+	textScanWindow, ftsBlocks = 5, 3
+	defer func() { textScanWindow, ftsBlocks = oldWindow, oldBlock }()
 
 	words := []string{"deploy", "outage", "Server", "restart", "hello", "rollback", "alert", "Ärger", "merge"}
 	rng := rand.New(rand.NewSource(3))
@@ -115,4 +115,50 @@ func firstDiff(a, b []string) int {
 		}
 	}
 	return len(a)
+}
+
+// A text block indexed while its ids were still filling in is rebuilt
+// whole when more events land in it, and cleanup rebuilds a block from
+// the events it keeps: both are found through the full-text index, and
+// removed texts are gone from it.
+func TestTextBlocksFillAndCleanup(t *testing.T) {
+	s := openT(t, t.TempDir())
+	defer s.Close()
+	if !s.hasFTS {
+		t.Skip("built without -tags sqlite_fts5")
+	}
+	oldWindow := textScanWindow
+	textScanWindow = 1 // answer from the full-text index, not the newest rows
+	defer func() { textScanWindow = oldWindow }()
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	batch := func(prefix, text string, at time.Time) ([]*quiltv1.Event, []string) {
+		evs := ixEvents(prefix, 10, "#c", at)
+		var want []string
+		for i := len(evs) - 1; i >= 0; i-- {
+			evs[i].Text = fmt.Sprintf("%d %s", i, text)
+			want = append(want, evs[i].GetId())
+		}
+		return evs, want
+	}
+	zebras, wantZebras := batch("z", "zebra crossing", at)
+	yaks, wantYaks := batch("y", "yak shaving", at.Add(time.Hour))
+
+	mustInsert(t, s, zebras)
+	sameIDs(t, "first half of a block", ids(t, s, &quiltv1.EventFilter{Text: "zebra cross"}), wantZebras)
+	mustInsert(t, s, yaks)
+	sameIDs(t, "second half of the block", ids(t, s, &quiltv1.EventFilter{Text: "yak shav"}), wantYaks)
+	sameIDs(t, "first half, after the block was rebuilt", ids(t, s, &quiltv1.EventFilter{Text: "zebra cross"}), wantZebras)
+
+	if _, err := s.Cleanup(context.Background(), at.Add(30*time.Minute), time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	sameIDs(t, "removed texts", ids(t, s, &quiltv1.EventFilter{Text: "zebra cross"}), nil)
+	sameIDs(t, "kept texts", ids(t, s, &quiltv1.EventFilter{Text: "yak shav"}), wantYaks)
+	var blocks int
+	if err := s.rdb.QueryRow(`SELECT count(*) FROM ix.events_fts WHERE events_fts MATCH '"zeb"'`).Scan(&blocks); err != nil {
+		t.Fatal(err)
+	}
+	if blocks != 0 {
+		t.Errorf("%d text blocks still hold the removed texts", blocks)
+	}
 }

@@ -148,6 +148,9 @@ func newStoreID() string {
 func (s *Store) openIndex(syncMode, storeID string) error {
 	path := filepath.Join(filepath.Dir(s.path), IndexFileName)
 	for attempt := 0; ; attempt++ {
+		if err := createFile(path); err != nil {
+			return err
+		}
 		dc, err := drv.Open(writerDSN(path, syncMode))
 		if err != nil {
 			return fmt.Errorf("sqlitestore: open index %s: %w", path, err)
@@ -191,6 +194,12 @@ func (s *Store) prepareIndex(c *wconn, path, storeID string) (ok bool, err error
 	}
 	if _, err := c.exec("ATTACH DATABASE ? AS ev", s.path); err != nil {
 		return false, wrap(fmt.Errorf("attach %s: %w", s.path, err))
+	}
+	// Each index transaction reads its events once per index; with
+	// SQLite's default 2 MiB cache for an attached file, every pass read
+	// them from the WAL again.
+	if err := c.execOnce("PRAGMA ev.cache_size = -65536"); err != nil {
+		return false, wrap(err)
 	}
 	for _, q := range ixSchema {
 		if err := c.execOnce(q); err != nil {

@@ -213,3 +213,19 @@ func TestCleanupProcessedInChunks(t *testing.T) {
 		t.Errorf("%d processed ids left (%d new), want the 30 new ones", left, leftNew)
 	}
 }
+
+// New files get pageSize; the writer's connection would otherwise fix
+// SQLite's default when it turns WAL on.
+func TestNewFilesPageSize(t *testing.T) {
+	s := openT(t, t.TempDir())
+	defer s.Close()
+	for _, schema := range []string{"main", "ix"} {
+		var size int
+		if err := s.rdb.QueryRow("PRAGMA " + schema + ".page_size").Scan(&size); err != nil {
+			t.Fatal(err)
+		}
+		if size != pageSize {
+			t.Errorf("%s: page size %d, want %d", schema, size, pageSize)
+		}
+	}
+}

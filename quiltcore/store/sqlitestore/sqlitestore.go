@@ -169,6 +169,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	}
 	path := filepath.Join(dir, FileName)
 	register()
+	if err := createFile(path); err != nil {
+		return nil, err
+	}
 	// 256 MiB of page cache for the writer: the indexes it updates are
 	// spread over the file (a channel's or a user's newest pages), and a
 	// miss is a read inside the write lock.
@@ -234,9 +237,37 @@ const walAutoCheckpoint = 20000
 // so one burst does not leave a large file behind.
 const walSizeLimit = 64 << 20
 
+// pageSize is the page size of the files Open creates. A commit appends
+// each dirty page to the WAL with its own write() calls, and at SQLite's
+// default 4 KiB a batch of 1000 events wrote ~100 pages; larger pages
+// mean fewer system calls per commit (measured in BenchmarkInsert). A
+// file created before keeps its page size (changing it takes a VACUUM).
+const pageSize = 16384
+
+// createFile creates the database path with pageSize and WAL mode unless
+// it exists: the page size of a WAL database is fixed when it is created,
+// and the writer's connection turns WAL on as it opens.
+func createFile(path string) error {
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	dc, err := drv.Open("file:" + path + "?_mutex=no")
+	if err != nil {
+		return fmt.Errorf("sqlitestore: create %s: %w", path, err)
+	}
+	c := dc.(*sqlite3.SQLiteConn)
+	defer c.Close()
+	if _, err := c.Exec(fmt.Sprintf("PRAGMA page_size = %d; PRAGMA journal_mode = WAL", pageSize), nil); err != nil {
+		return fmt.Errorf("sqlitestore: create %s: %w", path, err)
+	}
+	return nil
+}
+
 // writerDSN opens the writer's and the checkpointer's connections.
 func writerDSN(path, syncMode string) string {
-	return "file:" + path + "?_journal_mode=WAL&_synchronous=" + syncMode + "&_busy_timeout=10000&_cache_size=-262144"
+	// _mutex=no: each of these connections is used by one goroutine at
+	// a time, so SQLite's per-call connection mutex buys nothing.
+	return "file:" + path + "?_journal_mode=WAL&_synchronous=" + syncMode + "&_busy_timeout=10000&_cache_size=-262144&_mutex=no"
 }
 
 // checkpointIdle is how often the checkpointer looks for commits to copy

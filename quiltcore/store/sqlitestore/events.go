@@ -34,10 +34,10 @@ func (s *Store) InsertEvents(ctx context.Context, source string, events []*quilt
 	prep := make([]preparedEvent, len(events))
 	for i, e := range events {
 		p := &prep[i]
-		if p.data, err = proto.Marshal(e); err != nil {
+		p.timeNS = storeutil.TimeNS(e)
+		if p.data, err = storedData(e, p.timeNS); err != nil {
 			return store.InsertResult{}, fmt.Errorf("sqlitestore: encode event %q of source %q: %w", e.GetId(), source, err)
 		}
-		p.timeNS = storeutil.TimeNS(e)
 		p.ukey = storeutil.UserKey(e.GetUser())
 		p.names = storeutil.Names(e.GetUser())
 		for j, n := range p.names {
@@ -361,8 +361,8 @@ func whereSQL(conds []string) string {
 const maxGlobMerge = 64
 
 type pageRow struct {
-	key  storeutil.Key
-	data []byte
+	key storeutil.Key
+	row storedRow
 }
 
 // QueryEvents implements store.Store with a keyset page token (time, id).
@@ -427,9 +427,9 @@ func (s *Store) QueryEvents(ctx context.Context, q store.EventQuery) (store.Even
 			page.NextPageToken = storeutil.EncodeToken(rows[i-1].key)
 			break
 		}
-		e := new(quiltv1.Event)
-		if err := proto.Unmarshal(r.data, e); err != nil {
-			return store.EventPage{}, fmt.Errorf("sqlitestore: decode event row %d: %w", r.key.Seq, err)
+		e, err := r.row.decode(r.key.TimeNS)
+		if err != nil {
+			return store.EventPage{}, fmt.Errorf("sqlitestore: event row %d: %w", r.key.Seq, err)
 		}
 		page.Events = append(page.Events, e)
 	}
@@ -565,7 +565,7 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 	}
 	// A block without a match still yields its candidate row (LEFT
 	// JOIN), so the walk knows how far it got.
-	query := fmt.Sprintf("SELECT c.rowid, e.id, e.time_ns, e.data FROM (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ? AND rowid "+idcmp+" ? ORDER BY rowid "+dir+" LIMIT ?) c"+
+	query := fmt.Sprintf("SELECT c.rowid, e.id, e.time_ns, "+rowCols("e")+" FROM (SELECT rowid FROM ix.events_fts WHERE events_fts MATCH ? AND rowid "+idcmp+" ? ORDER BY rowid "+dir+" LIMIT ?) c"+
 		" LEFT JOIN events e ON e.id >= c.rowid << %d AND e.id < (c.rowid + 1) << %[1]d AND "+strings.Join(conds, " AND "), textBlockShift)
 	// The chunk of a block's ids: blocks are smaller than chunks.
 	bound := fmt.Sprintf("SELECT max(max_time) FROM ix.id_chunks WHERE chunk <= ? >> %d", chunkShift-textBlockShift)
@@ -593,8 +593,8 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 		for rows.Next() {
 			var cand int64
 			var id, t sql.NullInt64
-			var data []byte
-			if err := rows.Scan(&cand, &id, &t, &data); err != nil {
+			var row storedRow
+			if err := rows.Scan(append([]any{&cand, &id, &t}, row.scanTargets()...)...); err != nil {
 				rows.Close()
 				return nil, fmt.Errorf("sqlitestore: query events: %w", err)
 			}
@@ -604,7 +604,7 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 			}
 			edge = cand
 			if id.Valid {
-				out = append(out, pageRow{key: storeutil.Key{TimeNS: t.Int64, Seq: id.Int64}, data: data})
+				out = append(out, pageRow{key: storeutil.Key{TimeNS: t.Int64, Seq: id.Int64}, row: row})
 			}
 		}
 		rows.Close()
@@ -651,7 +651,7 @@ func (s *Store) scanPage(ctx context.Context, f *quiltv1.EventFilter, part *user
 		args = append(args, after.TimeNS, after.Seq)
 	}
 	textCond, textArgs := containsCond("x.text", f.GetText())
-	query := "SELECT x.id, x.t, ev.data FROM (SELECT e.id AS id, " + tcol + " AS t, e.text AS text FROM " + from + whereSQL(conds) +
+	query := "SELECT x.id, x.t, " + rowCols("ev") + " FROM (SELECT e.id AS id, " + tcol + " AS t, e.text AS text FROM " + from + whereSQL(conds) +
 		" ORDER BY " + tcol + " " + dir + ", " + idcol + " " + dir + " LIMIT ?) x CROSS JOIN events ev ON ev.id = x.id WHERE " + textCond +
 		" ORDER BY x.t " + dir + ", x.id " + dir + " LIMIT ?"
 	args = append(args, textScanWindow)
@@ -664,7 +664,7 @@ func (s *Store) scanPage(ctx context.Context, f *quiltv1.EventFilter, part *user
 	defer r.Close()
 	for r.Next() {
 		var row pageRow
-		if err := r.Scan(&row.key.Seq, &row.key.TimeNS, &row.data); err != nil {
+		if err := r.Scan(append([]any{&row.key.Seq, &row.key.TimeNS}, row.row.scanTargets()...)...); err != nil {
 			return nil, false, fmt.Errorf("sqlitestore: query events: %w", err)
 		}
 		rows = append(rows, row)
@@ -689,7 +689,7 @@ func (s *Store) indexPage(ctx context.Context, f *quiltv1.EventFilter, part *use
 		conds = append(conds, "("+tcol+", "+idcol+") "+cmp+" (?, ?)")
 		args = append(args, after.TimeNS, after.Seq)
 	}
-	query := "SELECT e.id, e.time_ns, e.data FROM " + from + whereSQL(conds) +
+	query := "SELECT e.id, e.time_ns, " + rowCols("e") + " FROM " + from + whereSQL(conds) +
 		" ORDER BY " + tcol + " " + dir + ", " + idcol + " " + dir + " LIMIT ?"
 	args = append(args, n)
 	rows, err := s.rdb.QueryContext(ctx, query, args...)
@@ -700,7 +700,7 @@ func (s *Store) indexPage(ctx context.Context, f *quiltv1.EventFilter, part *use
 	var out []pageRow
 	for rows.Next() {
 		var r pageRow
-		if err := rows.Scan(&r.key.Seq, &r.key.TimeNS, &r.data); err != nil {
+		if err := rows.Scan(append([]any{&r.key.Seq, &r.key.TimeNS}, r.row.scanTargets()...)...); err != nil {
 			return nil, fmt.Errorf("sqlitestore: query events: %w", err)
 		}
 		out = append(out, r)
@@ -770,19 +770,19 @@ func (s *Store) LastSeen(ctx context.Context, q store.LastSeenQuery) ([]*quiltv1
 			args = append(args, msgArgs...)
 		}
 		var h hit
-		var data []byte
+		var row storedRow
 		// CROSS JOIN: walk the user's entries newest first, whatever
 		// the planner thinks of a source filter.
-		err := s.rdb.QueryRowContext(ctx, "SELECT u.time_ns, u.id, e.data FROM ix.user_time u CROSS JOIN events e ON e.id = u.id WHERE u.ukey = ? AND "+nc+cond+
-			" ORDER BY u.time_ns DESC, u.id DESC LIMIT 1", args...).Scan(&h.key.TimeNS, &h.key.Seq, &data)
+		err := s.rdb.QueryRowContext(ctx, "SELECT u.time_ns, u.id, "+rowCols("e")+" FROM ix.user_time u CROSS JOIN events e ON e.id = u.id WHERE u.ukey = ? AND "+nc+cond+
+			" ORDER BY u.time_ns DESC, u.id DESC LIMIT 1", args...).Scan(append([]any{&h.key.TimeNS, &h.key.Seq}, row.scanTargets()...)...)
 		if err == sql.ErrNoRows {
 			return hit{}, nil
 		}
 		if err != nil {
 			return hit{}, err
 		}
-		h.ev = new(quiltv1.Event)
-		return h, proto.Unmarshal(data, h.ev)
+		h.ev, err = row.decode(h.key.TimeNS)
+		return h, err
 	}
 	later := func(a, b hit) bool {
 		if b.ev == nil {

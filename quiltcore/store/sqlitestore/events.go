@@ -581,7 +581,7 @@ func (s *Store) ftsWalk(ctx context.Context, f *quiltv1.EventFilter, part *userP
 	var out []pageRow
 	edge := int64(math.MaxInt64)
 	if oldest {
-		edge = -1 // block 0 holds ids 1 to 63
+		edge = -1 // block 0 holds the first ids
 	}
 	for {
 		blockArgs := append([]any{match, edge, block}, args...)

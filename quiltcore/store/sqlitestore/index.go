@@ -103,14 +103,16 @@ const ixLayout = "5"
 const chunkShift = 12
 
 // textBlockShift: a row of events_fts is a text block, the texts of the
-// events whose ids share id >> textBlockShift (64 consecutive ids), one
-// per line. Most of a message's trigrams recur in its neighbours', and a
-// block stores each once: indexing per event cost more than a third of
-// the indexer's time at 1M events, per block about half of that. A block
-// holds every trigram of each of its texts, so it is a candidate for every
-// event that can match; the substring test on the event's own text then
-// decides (ftsWalk).
-const textBlockShift = 6
+// events whose ids share id >> textBlockShift (8 consecutive ids), one per
+// line. Many of a message's trigrams recur in its neighbours', and a block
+// stores each once: indexing 8-word messages cost 3.6 us per event one by
+// one, 2.3 in blocks of 8. A block holds every trigram of each of its
+// texts, so it is a candidate for every event that can match; the
+// substring test on the event's own text decides (ftsWalk). Bigger blocks
+// index faster (16: 1.9 us, 32: 1.5) but are candidates for more phrases
+// they do not hold: in BenchmarkHistoryPage the sparse phrase took
+// 29 ms at p99 in blocks of 8, 43-53 in blocks of 16, 51 in blocks of 32.
+const textBlockShift = 3
 
 // ixFTSSchema: contentless (the text is in quilt.db, another file) with
 // contentless_delete so a block can be replaced as its ids fill in and

@@ -98,9 +98,11 @@ func namesColumn(names []string) string {
 // The multi-row INSERTs of a batch: one statement per table per chunk of
 // rows instead of one per row.
 var (
-	insProcessed = newMultiRow("INSERT INTO processed(source, id, processed_at) VALUES ", 3, " ON CONFLICT DO NOTHING")
-	insEvents    = newMultiRow("INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data, names) VALUES ", 11, "")
-	insNames     = newMultiRow("INSERT INTO user_names(name, ukey) VALUES ", 2, " ON CONFLICT DO NOTHING")
+	// ?1 the source, ?2 this call's mark.
+	insProcessed = newMultiRow("INSERT INTO processed(source, id, processed_at) VALUES ", 2, "($1,?,$2)", " ON CONFLICT DO NOTHING")
+	// ?1 the source.
+	insEvents = newMultiRow("INSERT INTO events(id, source, eid, server, channel, kind, time_ns, ukey, text, data, names) VALUES ", 1, "(?,$1,?,?,?,?,?,?,?,?,?)", "")
+	insNames  = newMultiRow("INSERT INTO user_names(name, ukey) VALUES ", 0, "(?,?)", " ON CONFLICT DO NOTHING")
 )
 
 func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep []preparedEvent, cursors []*quiltv1.Cursor, res *store.InsertResult) error {
@@ -110,14 +112,14 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 	now := max(time.Now().UnixNano(), s.w.lastMark+1)
 	s.w.lastMark = now
 	if len(events) > 0 {
-		args := make([]driver.Value, 0, 3*len(events))
+		args := make([]driver.Value, 0, len(events))
 		for _, e := range events {
-			args = append(args, source, e.GetId(), now)
+			args = append(args, e.GetId())
 		}
 		// The common batch has no duplicate: a plain insert and its row
 		// count say so, without RETURNING (a row stepped back through cgo
 		// per event, a third of the insert's cost).
-		inserted, err := insProcessed.execCount(c, args)
+		inserted, err := insProcessed.execCount(c, []driver.Value{source, now}, args)
 		if err != nil {
 			return err
 		}
@@ -140,7 +142,7 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 				}
 			}
 		}
-		evArgs := make([]driver.Value, 0, 11*len(events))
+		evArgs := make([]driver.Value, 0, 10*len(events))
 		nameArgs := []driver.Value(nil)
 		for i, e := range events {
 			if fresh != nil {
@@ -155,7 +157,7 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 			p := &prep[i]
 			id := s.w.nextID
 			s.w.nextID++
-			evArgs = append(evArgs, id, source, e.GetId(), e.GetServer(), e.GetChannel(), int64(e.GetKind()), p.timeNS, p.ukey, e.GetText(), p.data, p.namesCol)
+			evArgs = append(evArgs, id, e.GetId(), e.GetServer(), e.GetChannel(), int64(e.GetKind()), p.timeNS, p.ukey, e.GetText(), p.data, p.namesCol)
 			for _, n := range p.names {
 				k := [2]string{n, p.ukey}
 				if _, ok := s.w.names[k]; !ok {
@@ -168,10 +170,10 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 			}
 			res.Stored++
 		}
-		if err := insEvents.exec(c, evArgs); err != nil {
+		if err := insEvents.exec(c, []driver.Value{source}, evArgs); err != nil {
 			return err
 		}
-		if err := insNames.exec(c, nameArgs); err != nil {
+		if err := insNames.exec(c, nil, nameArgs); err != nil {
 			return err
 		}
 	}

@@ -139,3 +139,13 @@ func TestOldRowDecodes(t *testing.T) {
 		t.Errorf("got %v, want %v", got, e)
 	}
 }
+
+// Shared values are numbered once; each row's own values get the next
+// numbers.
+func TestRowsSQL(t *testing.T) {
+	got := rowsSQL("INSERT INTO t VALUES ", 2, "($1,?,$2,?)", 2, " ON CONFLICT DO NOTHING")
+	want := "INSERT INTO t VALUES (?1,?3,?2,?4),(?1,?5,?2,?6) ON CONFLICT DO NOTHING"
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
@@ -31,6 +32,7 @@ const maxGroup = 64
 type wconn struct {
 	c     *sqlite3.SQLiteConn
 	stmts map[string]*sqlite3.SQLiteStmt
+	nv    []driver.NamedValue // multiRow's values, reused
 }
 
 func (w *wconn) prep(q string) (*sqlite3.SQLiteStmt, error) {
@@ -197,17 +199,30 @@ func (w *writerState) sync(c *wconn) error {
 
 const maxNameCache = 200000
 
-// rowsSQL builds "prefix (?,?),(?,?) suffix" for n rows of cols values.
-func rowsSQL(prefix string, cols, n int, suffix string) string {
+// rowsSQL builds "prefix (..),(..) suffix" for n rows of row, a row's
+// values where "$k" is the k-th value shared by every row (numbered
+// parameter ?k) and "?" is the row's own next value: shared values are
+// bound once per statement instead of once per row, and every bind is a
+// cgo call.
+func rowsSQL(prefix string, shared int, row string, n int, suffix string) string {
 	var b strings.Builder
-	one := "(" + strings.Repeat("?,", cols-1) + "?)"
-	b.Grow(len(prefix) + len(suffix) + n*(len(one)+1))
 	b.WriteString(prefix)
+	next := shared + 1
 	for i := 0; i < n; i++ {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(one)
+		for j := 0; j < len(row); j++ {
+			switch row[j] {
+			case '$':
+				b.WriteByte('?')
+			case '?':
+				b.WriteString("?" + strconv.Itoa(next))
+				next++
+			default:
+				b.WriteByte(row[j])
+			}
+		}
 	}
 	b.WriteString(suffix)
 	return b.String()
@@ -216,68 +231,74 @@ func rowsSQL(prefix string, cols, n int, suffix string) string {
 // chunkSizes are the row counts of the cached multi-row statements; a batch
 // is cut greedily into them, so a batch of 1000 takes 6 statements and the
 // cache holds at most len(chunkSizes) texts per table. 512 rows of the
-// widest table (10 columns) stay far below SQLite's 32766 variables.
+// widest table (10 values per row) stay far below SQLite's 32766
+// variables.
 var chunkSizes = [...]int{512, 256, 128, 64, 32, 16, 8, 4, 2, 1}
 
 // multiRow is a multi-row INSERT of one table, its texts built once.
 type multiRow struct {
-	cols  int
-	texts map[int]string
+	shared, cols int
+	texts        map[int]string
 }
 
-func newMultiRow(prefix string, cols int, suffix string) *multiRow {
-	m := &multiRow{cols: cols, texts: make(map[int]string, len(chunkSizes))}
+// newMultiRow: see rowsSQL for row.
+func newMultiRow(prefix string, shared int, row string, suffix string) *multiRow {
+	m := &multiRow{shared: shared, cols: strings.Count(row, "?"), texts: make(map[int]string, len(chunkSizes))}
 	for _, n := range chunkSizes {
-		m.texts[n] = rowsSQL(prefix, cols, n, suffix)
+		m.texts[n] = rowsSQL(prefix, shared, row, n, suffix)
 	}
 	return m
 }
 
-// chunks calls fn with the statement text and values of each chunk of
-// rows (args holds the rows' values flattened).
-func (m *multiRow) chunks(args []driver.Value, fn func(q string, vals []driver.Value) error) error {
-	n := len(args) / m.cols
-	for n > 0 {
-		size := 1
-		for _, c := range chunkSizes {
-			if c <= n {
-				size = c
-				break
-			}
-		}
-		if err := fn(m.texts[size], args[:size*m.cols]); err != nil {
-			return err
-		}
-		args = args[size*m.cols:]
-		n -= size
-	}
-	return nil
-}
-
-// exec inserts rows with multi-row statements.
-func (m *multiRow) exec(c *wconn, args []driver.Value) error {
-	_, err := m.execCount(c, args)
+// exec inserts rows with multi-row statements: shared holds the values
+// every row shares, args the rows' own values flattened.
+func (m *multiRow) exec(c *wconn, shared, args []driver.Value) error {
+	_, err := m.execCount(c, shared, args)
 	return err
 }
 
 // execCount is exec that returns how many rows the statements changed.
-func (m *multiRow) execCount(c *wconn, args []driver.Value) (int64, error) {
+func (m *multiRow) execCount(c *wconn, shared, args []driver.Value) (int64, error) {
+	if len(shared) != m.shared {
+		return 0, fmt.Errorf("multi-row insert: %d shared values, want %d", len(shared), m.shared)
+	}
 	var n int64
-	err := m.chunks(args, func(q string, vals []driver.Value) error {
-		st, err := c.prep(q)
-		if err != nil {
-			return err
+	for rows := len(args) / m.cols; rows > 0; {
+		size := 1
+		for _, c := range chunkSizes {
+			if c <= rows {
+				size = c
+				break
+			}
 		}
-		//lint:ignore SA1019 as in wconn.exec.
-		r, err := st.Exec(vals)
+		st, err := c.prep(m.texts[size])
 		if err != nil {
-			return err
+			return n, err
+		}
+		// The driver's Exec would copy the values into a new slice of
+		// NamedValue per statement; this one is reused.
+		nv := c.nv[:0]
+		for _, v := range shared {
+			nv = append(nv, driver.NamedValue{Ordinal: len(nv) + 1, Value: v})
+		}
+		for _, v := range args[:size*m.cols] {
+			nv = append(nv, driver.NamedValue{Ordinal: len(nv) + 1, Value: v})
+		}
+		r, err := st.ExecContext(context.Background(), nv)
+		clear(nv) // drop the references to the batch's values
+		c.nv = nv
+		if err != nil {
+			return n, err
 		}
 		k, err := r.RowsAffected()
+		if err != nil {
+			return n, err
+		}
 		n += k
-		return err
-	})
-	return n, err
+		args = args[size*m.cols:]
+		rows -= size
+	}
+	return n, nil
 }
 
 // write queues fn for the writer and waits for its commit. When it returns

@@ -32,12 +32,19 @@ func (s *Store) InsertEvents(ctx context.Context, source string, events []*quilt
 	// Everything that needs no lock is done here, beside other callers,
 	// so the single writer only binds values and steps statements.
 	prep := make([]preparedEvent, len(events))
+	// One scratch message and one buffer for the batch's encodings: an
+	// Event and a slice per event were most of the garbage an insert
+	// made.
+	var scratch quiltv1.Event
+	buf := make([]byte, 0, 128*len(events))
 	for i, e := range events {
 		p := &prep[i]
 		p.timeNS = storeutil.TimeNS(e)
-		if p.data, err = storedData(e, p.timeNS); err != nil {
+		start := len(buf)
+		if buf, err = appendStoredData(buf, &scratch, e, p.timeNS); err != nil {
 			return store.InsertResult{}, fmt.Errorf("sqlitestore: encode event %q of source %q: %w", e.GetId(), source, err)
 		}
+		p.data = buf[start:len(buf):len(buf)]
 		p.ukey = storeutil.UserKey(e.GetUser())
 		p.names = storeutil.Names(e.GetUser())
 		for j, n := range p.names {
@@ -142,7 +149,11 @@ func (s *Store) insertTx(c *wconn, source string, events []*quiltv1.Event, prep 
 				}
 			}
 		}
-		evArgs := make([]driver.Value, 0, 10*len(events))
+		evArgs := s.w.args[:0]
+		defer func() {
+			clear(evArgs) // drop the references to the batch
+			s.w.args = evArgs[:0]
+		}()
 		nameArgs := []driver.Value(nil)
 		for i, e := range events {
 			if fresh != nil {

@@ -28,7 +28,13 @@ func rowCols(a string) string {
 // that have columns. time_ns stands for the time unless it is 0 (the
 // epoch and "no time" both give 0) or does not round-trip.
 func storedData(e *quiltv1.Event, timeNS int64) ([]byte, error) {
-	d := &quiltv1.Event{
+	return appendStoredData(nil, new(quiltv1.Event), e, timeNS)
+}
+
+// appendStoredData appends storedData's encoding of e to b, using d (which
+// it overwrites) as scratch.
+func appendStoredData(b []byte, d, e *quiltv1.Event, timeNS int64) ([]byte, error) {
+	*d = quiltv1.Event{
 		Protocol:    e.GetProtocol(),
 		Received:    e.GetReceived(),
 		User:        e.GetUser(),
@@ -44,7 +50,7 @@ func storedData(e *quiltv1.Event, timeNS int64) ([]byte, error) {
 	if t := e.GetTime(); t != nil && !timeFromColumn(t, timeNS) {
 		d.Time = t
 	}
-	return proto.Marshal(d)
+	return proto.MarshalOptions{}.MarshalAppend(b, d)
 }
 
 // timeFromColumn reports whether time_ns restores t exactly (t is a

@@ -154,6 +154,8 @@ type writerState struct {
 	nextID int64
 	// lastMark is the newest processed_at an insert used (insertTx).
 	lastMark int64
+	// args is insertTx's slice of row values, reused.
+	args []driver.Value
 	// names caches (name, ukey) pairs known to be in user_names, so the
 	// common case (the same users again) costs no write.
 	names map[[2]string]struct{}

@@ -107,6 +107,10 @@ type XMPPSettings struct {
 	TLSVerify bool
 	Nick      string // MUC nick; defaults to the JID's localpart
 	Resource  string
+	// PingInterval: send an XMPP ping (XEP-0199) to the server this
+	// often; PingTimeout: reconnect when one gets no answer this long.
+	PingInterval time.Duration
+	PingTimeout  time.Duration
 }
 
 // MatrixSettings are the matrix-only keys. Rooms (ids or aliases) are
@@ -452,6 +456,8 @@ func parseXMPP(s *section) *XMPPSettings {
 	c.TLSVerify = s.boolean("tls_verify", true)
 	c.Nick = s.str("nick", local)
 	c.Resource = s.str("resource", "quilt")
+	c.PingInterval = s.duration("ping_interval", 60*time.Second, time.Second)
+	c.PingTimeout = s.duration("ping_timeout", 30*time.Second, time.Second)
 	return c
 }
 

@@ -230,6 +230,7 @@ password = pa#ss;word$HOME
 	}
 	x := sm.Servers[0].XMPP
 	if x.Host != "example.org" || x.Port != 5222 || !x.TLS || !x.TLSVerify || x.Nick != "alice" || x.Resource != "quilt" ||
+		x.PingInterval != time.Minute || x.PingTimeout != 30*time.Second ||
 		sm.Servers[0].Throttle != 0 || sm.Servers[0].ThrottleBurst != 0 || sm.Servers[0].Channels[0].Key.Reveal() != "key" {
 		t.Errorf("xmpp: %+v %+v", x, sm.Servers[0])
 	}

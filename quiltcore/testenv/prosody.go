@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -246,6 +247,27 @@ func (s *ProsodyServer) Stop() {
 	if s.t.Failed() {
 		s.t.Logf("testenv: prosody log (tail):\n%s", tail(filepath.Join(s.dir, "prosody.log"), 40))
 		s.t.Logf("testenv: prosody stderr (tail):\n%s", tail(p.logPath, 20))
+	}
+}
+
+// Freeze suspends the server (SIGSTOP): its connections stay open and the
+// kernel still accepts bytes, but nothing answers, as with a hung server or
+// a connection a NAT dropped. Thaw resumes it.
+func (s *ProsodyServer) Freeze(t testing.TB) { s.signal(t, syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server (SIGCONT).
+func (s *ProsodyServer) Thaw(t testing.TB) { s.signal(t, syscall.SIGCONT) }
+
+func (s *ProsodyServer) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	s.mu.Lock()
+	p := s.p
+	s.mu.Unlock()
+	if p == nil {
+		t.Fatalf("testenv: prosody is not running")
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("testenv: prosody %v: %v", sig, err)
 	}
 }
 

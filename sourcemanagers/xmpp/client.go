@@ -23,6 +23,8 @@ import (
 	"mellium.im/xmlstream"
 	"mellium.im/xmpp"
 	"mellium.im/xmpp/jid"
+	"mellium.im/xmpp/ping"
+	mstanza "mellium.im/xmpp/stanza"
 )
 
 // DefaultJoinTimeout bounds how long Do(JOIN) waits for the room's answer.
@@ -136,9 +138,16 @@ func (c *Client) Run(ctx context.Context, emit runtime.Emitter, connected func(s
 	}
 	close(c.ready)
 	connected(self)
+	dead := make(chan error, 1)
+	go c.keepAlive(ctx, sess, dead)
 
 	for {
 		select {
+		case err := <-dead:
+			if ctx.Err() != nil {
+				return context.Cause(ctx)
+			}
+			return fmt.Errorf("xmpp: server %s (%s): %w", c.set.name, c.set.addr, err)
 		case st := <-c.inbox:
 			if evs := c.tr.handle(st, time.Now()); len(evs) > 0 {
 				if err := emit.Emit(ctx, evs, nil); err != nil {
@@ -157,6 +166,41 @@ func (c *Client) Run(ctx context.Context, emit runtime.Emitter, connected func(s
 			_ = sess.Close()
 			return context.Cause(ctx)
 		}
+	}
+}
+
+// keepAlive pings the server (XEP-0199) every pingEvery and reports on
+// dead a ping that got no answer within pingTimeout: a connection that a
+// NAT or firewall dropped, or a hung server, looks open to TCP for a long
+// time, and the client would wait on it, missing every event, instead of
+// reconnecting. Any answer, an error included, shows the server alive.
+func (c *Client) keepAlive(ctx context.Context, sess *xmpp.Session, dead chan<- error) {
+	t := time.NewTicker(c.set.pingEvery)
+	defer t.Stop()
+	server := c.set.jid.Domain()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.set.pingTimeout)
+		err := ping.Send(pctx, sess, server)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		var stErr mstanza.Error
+		switch {
+		case err == nil, errors.As(err, &stErr):
+			continue
+		case errors.Is(err, context.DeadlineExceeded):
+			err = fmt.Errorf("no answer to a ping within %v: the connection is dead", c.set.pingTimeout)
+		default:
+			err = fmt.Errorf("ping: %w", err)
+		}
+		dead <- err
+		return
 	}
 }
 

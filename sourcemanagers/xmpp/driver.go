@@ -14,7 +14,9 @@
 // binding the client sends its initial presence and reports CONNECTED with
 // its full JID; the runtime then joins the configured rooms through
 // Do(JOIN), which waits for the room's answer, so a refused join (wrong
-// password, banned, nick conflict) is a failed action.
+// password, banned, nick conflict) is a failed action. Every ping_interval
+// the client pings the server (XEP-0199); no answer within ping_timeout
+// ends the session, and the runtime reconnects.
 //
 // # Names (seed 000)
 //
@@ -52,6 +54,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/quilt/quilt/quiltcore/config"
 	"github.com/quilt/quilt/sourcemanagers/runtime"
@@ -84,6 +87,8 @@ type settings struct {
 	addr     string
 	tls      *tls.Config // nil: no STARTTLS
 	nick     string
+	// pingEvery, pingTimeout: the keepalive (Client.keepAlive).
+	pingEvery, pingTimeout time.Duration
 }
 
 func checkSettings(s *config.Server, roots *x509.CertPool) (*settings, error) {
@@ -118,6 +123,10 @@ func checkSettings(s *config.Server, roots *x509.CertPool) (*settings, error) {
 		password: x.Password.Reveal(),
 		addr:     joinHostPort(host, port),
 		nick:     x.Nick,
+		// A settings struct built by hand (tests) gets the config's
+		// defaults.
+		pingEvery:   orDefault(x.PingInterval, time.Minute),
+		pingTimeout: orDefault(x.PingTimeout, 30*time.Second),
 	}
 	if st.nick == "" {
 		st.nick = bare.Localpart()
@@ -133,6 +142,13 @@ func checkSettings(s *config.Server, roots *x509.CertPool) (*settings, error) {
 		}
 	}
 	return st, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 func joinHostPort(host string, port int) string {

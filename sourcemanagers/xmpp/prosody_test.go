@@ -232,3 +232,53 @@ reconnect_max = 1s
 	bob2.send(`<message to='` + room + `' type='groupchat'><body>after restart</body></message>`)
 	x.events(10*time.Second, 1, &quiltv1.EventFilter{Text: "after restart"})
 }
+
+// A server that stops answering (hung, or a NAT dropped the connection)
+// leaves TCP open: the keepalive ping finds it dead, the client reconnects
+// once the server answers again.
+func TestXMPPPingFindsDeadServer(t *testing.T) {
+	srv := testenv.Prosody(t, "alice:alicepw")
+	st, err := sqlitestore.Open(t.TempDir(), sqlitestore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	c := querytest.Start(t, querytest.Options{Store: st})
+	host, port, _ := strings.Cut(srv.Addr, ":")
+	c.AddSourceFile("xmpp", fmt.Sprintf(`protocol = xmpp
+
+[server local]
+jid = alice@localhost
+password = alicepw
+host = %s
+port = %s
+tls = false
+ping_interval = 1s
+ping_timeout = 1s
+connect_timeout = 2s
+reconnect_min = 200ms
+reconnect_max = 1s
+`, host, port), xmpp.Driver{})
+	x := &xcluster{t: t, c: c, st: st}
+	x.events(20*time.Second, 1, &quiltv1.EventFilter{Kinds: kinds(quiltv1.EventKind_EVENT_KIND_CONNECTED)})
+	// Answered pings keep the session: no DISCONNECTED over a few.
+	time.Sleep(3500 * time.Millisecond)
+	if evs := x.events(0, 0, &quiltv1.EventFilter{Kinds: kinds(quiltv1.EventKind_EVENT_KIND_DISCONNECTED)}); len(evs) != 0 {
+		t.Fatalf("disconnected while the server answered: %v", evs)
+	}
+
+	srv.Freeze(t)
+	thawed := false
+	defer func() {
+		if !thawed {
+			srv.Thaw(t)
+		}
+	}()
+	d := x.events(15*time.Second, 1, &quiltv1.EventFilter{Kinds: kinds(quiltv1.EventKind_EVENT_KIND_DISCONNECTED)})[0]
+	if !strings.Contains(d.Text, "no answer to a ping within 1s") {
+		t.Fatalf("DISCONNECTED text %q, want the ping timeout", d.Text)
+	}
+	srv.Thaw(t)
+	thawed = true
+	x.events(30*time.Second, 2, &quiltv1.EventFilter{Kinds: kinds(quiltv1.EventKind_EVENT_KIND_CONNECTED)})
+}

@@ -109,8 +109,11 @@ func (x *xcluster) act(a *quiltv1.Action) *quiltv1.ActionResult {
 
 func kinds(k ...quiltv1.EventKind) []quiltv1.EventKind { return k }
 
-func TestXMPPAgainstProsody(t *testing.T) {
-	srv := testenv.Prosody(t, "alice:alicepw", "bob:bobpw")
+// startCluster starts a query master on a SQLite store, with the xmpp
+// source manager added from cfg (a format string of the server's host and
+// port) and drv.
+func startCluster(t *testing.T, srv *testenv.ProsodyServer, cfg string, drv xmpp.Driver) *xcluster {
+	t.Helper()
 	st, err := sqlitestore.Open(t.TempDir(), sqlitestore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -118,12 +121,18 @@ func TestXMPPAgainstProsody(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	c := querytest.Start(t, querytest.Options{Store: st})
 	host, port, _ := strings.Cut(srv.Addr, ":")
+	c.AddSourceFile("xmpp", fmt.Sprintf(cfg, host, port), drv)
+	return &xcluster{t: t, c: c, st: st}
+}
+
+func TestXMPPAgainstProsody(t *testing.T) {
+	srv := testenv.Prosody(t, "alice:alicepw", "bob:bobpw")
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(srv.CertPEM) {
 		t.Fatal("server certificate not PEM")
 	}
 	// STARTTLS with the certificate verified (against the test's own root).
-	c.AddSourceFile("xmpp", fmt.Sprintf(`protocol = xmpp
+	x := startCluster(t, srv, `protocol = xmpp
 
 [server local]
 jid = alice@localhost
@@ -132,11 +141,10 @@ host = %s
 port = %s
 tls = true
 nick = quiltbot
-channels = %s
+channels = `+room+`
 reconnect_min = 200ms
 reconnect_max = 1s
-`, host, port, room), xmpp.Driver{RootCAs: roots})
-	x := &xcluster{t: t, c: c, st: st}
+`, xmpp.Driver{RootCAs: roots})
 
 	conn := x.events(20*time.Second, 1, &quiltv1.EventFilter{Kinds: kinds(quiltv1.EventKind_EVENT_KIND_CONNECTED)})[0]
 	if u := conn.User; u.Transient != "alice@localhost/quilt" || u.Persistent != "alice@localhost" || u.Group != "alice@localhost" || !u.Self {
@@ -238,14 +246,7 @@ reconnect_max = 1s
 // once the server answers again.
 func TestXMPPPingFindsDeadServer(t *testing.T) {
 	srv := testenv.Prosody(t, "alice:alicepw")
-	st, err := sqlitestore.Open(t.TempDir(), sqlitestore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	c := querytest.Start(t, querytest.Options{Store: st})
-	host, port, _ := strings.Cut(srv.Addr, ":")
-	c.AddSourceFile("xmpp", fmt.Sprintf(`protocol = xmpp
+	x := startCluster(t, srv, `protocol = xmpp
 
 [server local]
 jid = alice@localhost
@@ -258,8 +259,7 @@ ping_timeout = 1s
 connect_timeout = 2s
 reconnect_min = 200ms
 reconnect_max = 1s
-`, host, port), xmpp.Driver{})
-	x := &xcluster{t: t, c: c, st: st}
+`, xmpp.Driver{})
 	x.events(20*time.Second, 1, &quiltv1.EventFilter{Kinds: kinds(quiltv1.EventKind_EVENT_KIND_CONNECTED)})
 	// Answered pings keep the session: no DISCONNECTED over a few.
 	time.Sleep(3500 * time.Millisecond)

@@ -46,11 +46,7 @@ func (s *Store) InsertEvents(ctx context.Context, source string, events []*quilt
 		}
 		p.data = buf[start:len(buf):len(buf)]
 		p.ukey = storeutil.UserKey(e.GetUser())
-		p.names = storeutil.Names(e.GetUser())
-		for j, n := range p.names {
-			p.names[j] = normName(n)
-		}
-		p.namesCol = namesColumn(p.names)
+		p.names, p.namesCol = rowNames(e.GetUser())
 	}
 	// Back-pressure: hold the batch while the indexer is far behind
 	// (index.go).
@@ -92,6 +88,16 @@ func normName(n string) string {
 		return strings.ReplaceAll(n, nameSep, "\uFFFD")
 	}
 	return n
+}
+
+// rowNames are a user's normalised lowercased names and the events.names
+// value holding them.
+func rowNames(u *quiltv1.User) (names []string, col string) {
+	names = storeutil.Names(u)
+	for j, n := range names {
+		names[j] = normName(n)
+	}
+	return names, namesColumn(names)
 }
 
 // namesColumn is the events.names value for the (normalised) names.

@@ -8,12 +8,9 @@ import (
 // RowValues are the data and names columns the store writes for e, for
 // BenchmarkRawInsert to write the same rows.
 func RowValues(e *quiltv1.Event) (data []byte, names string, err error) {
-	data, err = storedData(e, storeutil.TimeNS(e))
-	ns := storeutil.Names(e.GetUser())
-	for i, n := range ns {
-		ns[i] = normName(n)
-	}
-	return data, namesColumn(ns), err
+	data, err = appendStoredData(nil, new(quiltv1.Event), e, storeutil.TimeNS(e))
+	_, names = rowNames(e.GetUser())
+	return data, names, err
 }
 
 // PageSize is the page size of the store's files.

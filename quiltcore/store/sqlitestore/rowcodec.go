@@ -24,15 +24,10 @@ func rowCols(a string) string {
 	return fmt.Sprintf("ifnull(%[1]s.source, ''), ifnull(%[1]s.eid, ''), ifnull(%[1]s.server, ''), ifnull(%[1]s.channel, ''), ifnull(%[1]s.kind, 0), ifnull(%[1]s.text, ''), %[1]s.data", a)
 }
 
-// storedData is an event's data column: the event without the fields
-// that have columns. time_ns stands for the time unless it is 0 (the
-// epoch and "no time" both give 0) or does not round-trip.
-func storedData(e *quiltv1.Event, timeNS int64) ([]byte, error) {
-	return appendStoredData(nil, new(quiltv1.Event), e, timeNS)
-}
-
-// appendStoredData appends storedData's encoding of e to b, using d (which
-// it overwrites) as scratch.
+// appendStoredData appends e's data column to b: the event without the
+// fields that have columns. time_ns stands for the time unless it is 0
+// (the epoch and "no time" both give 0) or does not round-trip. d is
+// scratch, overwritten.
 func appendStoredData(b []byte, d, e *quiltv1.Event, timeNS int64) ([]byte, error) {
 	*d = quiltv1.Event{
 		Protocol:    e.GetProtocol(),

@@ -84,7 +84,7 @@ func fill(m protoreflect.Message, depth int) {
 
 // Every field of an event comes back from the store as it went in, the
 // fields with their own columns included, whatever the time: a field
-// added to Event and forgotten by storedData fails here.
+// added to Event and forgotten by appendStoredData fails here.
 func TestEventRoundTrip(t *testing.T) {
 	s := openT(t, t.TempDir())
 	defer s.Close()
